@@ -52,6 +52,23 @@ def test_resume_equals_uninterrupted_run(hopper_npz, tmp_path):
     assert json.loads((b / "world_model_ckpt" / "meta.json").read_text())["step"] == 6
 
 
+def test_quality_curve_is_written_and_leaves_training_unchanged(hopper_npz, tmp_path):
+    plain, evaluated = tmp_path / "plain", tmp_path / "evaluated"
+    train_world_model(WorldModelTrainConfig(dataset=hopper_npz, out=str(plain), steps=4, **TINY_WM))
+    train_world_model(WorldModelTrainConfig(dataset=hopper_npz, out=str(evaluated), steps=2, eval_every=2,
+                                            eval_windows=8, checkpoint_every=2, **TINY_WM))
+    # resumed: the curve keeps the first point and the wall-clock keeps counting
+    train_world_model(WorldModelTrainConfig(dataset=hopper_npz, out=str(evaluated), steps=4, eval_every=2,
+                                            eval_windows=8, checkpoint_every=2, **TINY_WM))
+    curve = json.loads((evaluated / "quality_curve.json").read_text())["curve"]
+    assert [p["step"] for p in curve] == [2, 4]
+    assert 0 < curve[0]["train_seconds"] < curve[1]["train_seconds"]
+    assert len(curve[0]["state_mse_per_step"]) == 7 and all(np.isfinite(curve[1]["state_mse_per_step"]))
+    assert curve[1]["reward_mae"] > 0
+    wa, wb = _weights(plain, "world_model"), _weights(evaluated, "world_model")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # evaluation draws no training randomness
+
+
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     from training.common import TrainState
 

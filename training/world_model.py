@@ -11,6 +11,9 @@ Reads top to bottom: config -> data -> model -> (resume) -> loop -> final weight
 - Multi-GPU / multi-process: launched by ``torchrun``, each rank samples its own batches, gradients
   are averaged by DDP (gloo on CPU, nccl on GPU); rank 0 writes checkpoints and logs.
 - GPU: bf16 autocast.
+- Quality vs wall-clock (``eval_every``): every so many steps the EMA model samples a fixed set of
+  held-out windows; state MSE per horizon step and reward MAE go to TensorBoard and to
+  ``OUT/quality_curve.json`` against the training wall-clock (evaluation time excluded, resumes included).
 
 ``dawm train world-model --dataset ID --out DIR [--preset cpu|paper] [--steps N] [--device D]``
 """
@@ -24,18 +27,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 from dawm_env.data.loading import load_dataset
+from dawm_env.paths import atomic_write_json
 from dawm_env.world_model.config import WorldModelConfig
 from dawm_env.world_model.data import WindowSource
 from dawm_env.world_model.diffusion import EMA, GaussianDiffusion
+from dawm_env.world_model.evaluation import evaluate_world_model, heldout_starts
 from training.common import ModelRunConfig, TrainState, setup_torch, step_rngs
 
 log = logging.getLogger(__name__)
 
 WORLD_MODEL_FILE = "world_model"  # OUT/world_model.safetensors + OUT/world_model.json
 CKPT_DIR = "world_model_ckpt"
+QUALITY_CURVE_FILE = "quality_curve.json"
 
 
 @dataclass
@@ -46,6 +53,10 @@ class WorldModelTrainConfig(ModelRunConfig):
     """World-model preset: ``cpu`` or ``paper``."""
     log_every: int = 100
     """TensorBoard / progress-bar scalars every this many steps."""
+    eval_every: Optional[int] = None
+    """Evaluate the EMA model on held-out windows every this many steps (None: never)."""
+    eval_windows: int = 512
+    """Held-out windows per evaluation (a fixed random subset, the same every time)."""
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -100,6 +111,20 @@ def train_world_model(cfg: WorldModelTrainConfig) -> Path:
 
         writer = SummaryWriter(str(out / "tensorboard" / "world_model"))
 
+    # --- periodic held-out evaluation (quality vs wall-clock) -------------------------------------
+    curve: list[dict] = list(state.extra.get("quality_curve", []))
+    train_seconds = float(state.extra.get("train_seconds", 0.0))
+    eval_starts = heldout_starts(source, cfg.eval_windows, np.random.default_rng(cfg.split_seed))
+
+    def evaluate_now() -> None:
+        ema.model.eval()
+        metrics = evaluate_world_model(ema.model, source, eval_starts, source.stats.rew_std, seed=cfg.seed)
+        curve.append({"step": state.step, "train_seconds": round(train_seconds, 2), **metrics})
+        for key in ("state_mse_mean", "reward_mae"):
+            writer.add_scalar(f"heldout/{key}", metrics[key], state.step)
+        atomic_write_json(out / QUALITY_CURVE_FILE, {"dataset": cfg.dataset, "preset": cfg.preset,
+                                                     "eval_windows": len(eval_starts), "curve": curve})
+
     # --- loop -----------------------------------------------------------------------------------
     from tqdm.auto import tqdm
 
@@ -109,6 +134,7 @@ def train_world_model(cfg: WorldModelTrainConfig) -> Path:
                disable=not (cfg.progress and rank == 0))
     t_last, step_last, loss_sum, loss_n = time.perf_counter(), state.step, 0.0, 0
     model.train()
+    t_step = time.perf_counter()
     while state.step < model_cfg.train_steps:
         rng = step_rngs(cfg.seed, rank, state.step, gen)
         starts = source.train_starts[rng.integers(0, len(source.train_starts), model_cfg.batch_size)]
@@ -129,9 +155,14 @@ def train_world_model(cfg: WorldModelTrainConfig) -> Path:
             writer.add_scalar("world_model/samples_per_s", sps, state.step)
             bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", samples_s=f"{sps:.0f}")
             t_last, step_last, loss_sum, loss_n = now, state.step, 0.0, 0
+        train_seconds += time.perf_counter() - t_step
+        if rank == 0 and cfg.eval_every and (state.step % cfg.eval_every == 0 or state.step == model_cfg.train_steps):
+            if not curve or curve[-1]["step"] != state.step:
+                evaluate_now()
         if rank == 0 and (state.step % cfg.checkpoint_every == 0 or state.step == model_cfg.train_steps):
-            state.extra["ema_num_steps"] = ema.num_steps
+            state.extra.update(ema_num_steps=ema.num_steps, train_seconds=train_seconds, quality_curve=curve)
             state.save(ckpt, run_meta)
+        t_step = time.perf_counter()
     bar.close()
 
     # --- final EMA weights ----------------------------------------------------------------------

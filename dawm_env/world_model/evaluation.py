@@ -24,6 +24,59 @@ from dawm_env.data.records import OfflineDataset
 from dawm_env.world_model.data import WindowSource, idm_triples
 
 
+def heldout_pool(source: WindowSource) -> np.ndarray:
+    """The held-out window starts (the training ones when nothing is held out)."""
+    return source.heldout_starts if len(source.heldout_starts) else source.train_starts
+
+
+def heldout_starts(source: WindowSource, n_windows: int, rng: np.random.Generator) -> np.ndarray:
+    """A random subset of at most ``n_windows`` held-out window starts."""
+    pool = heldout_pool(source)
+    return pool[rng.choice(len(pool), size=min(n_windows, len(pool)), replace=False)]
+
+
+class _WindowErrors:
+    """Running sums of the world model's errors on real windows."""
+
+    def __init__(self, horizon: int, rew_std: float) -> None:
+        self.se_sum, self.se_n = np.zeros(horizon), np.zeros(horizon)
+        self.rew_abs, self.rew_n, self.rew_std = 0.0, 0, rew_std
+
+    def add(self, x: torch.Tensor, x0: torch.Tensor, valid: torch.Tensor, obs_dim: int) -> None:
+        """Accumulate generated ``x`` vs real ``x0`` (both ``(B, H + 1, obs_dim + act_dim + 1)``)."""
+        v = valid.float()
+        err = (x[:, 1:, :obs_dim] - x0[:, 1:, :obs_dim]).square().mean(-1) * v[:, 1:]
+        self.se_sum += err.sum(0).cpu().numpy()
+        self.se_n += v[:, 1:].sum(0).cpu().numpy()
+        self.rew_abs += float(((x[:, :, -1] - x0[:, :, -1]).abs() * self.rew_std * v).sum())
+        self.rew_n += int(v.sum())
+
+    def metrics(self) -> dict:
+        """``state_mse_per_step`` (h = 1..H), ``state_mse_mean`` and ``reward_mae`` (raw units)."""
+        return {"state_mse_per_step": [float(a / max(b, 1)) for a, b in zip(self.se_sum, self.se_n)],
+                "state_mse_mean": float(self.se_sum.sum() / max(self.se_n.sum(), 1)),
+                "reward_mae": self.rew_abs / max(self.rew_n, 1)}
+
+
+@torch.no_grad()
+def evaluate_world_model(world_model: Any, source: WindowSource, starts: np.ndarray, rew_std: float,
+                         seed: int = 0, batch: int = 1024) -> dict:
+    """State MSE per horizon step and reward MAE of ``world_model`` on the windows at ``starts``.
+
+    Used during training (the quality-vs-wall-clock curve) with the EMA model; sampling uses the
+    model's own guidance weight, steps and temperature, conditioned on each window's real return-to-go.
+    """
+    device = next(world_model.parameters()).device
+    obs_dim, act_dim = source.data.obs_dim, source.data.act_dim
+    gen = torch.Generator(device=device).manual_seed(seed)
+    errors = _WindowErrors(source.horizon, rew_std)
+    for i in range(0, len(starts), batch):
+        x0, rtg, valid = (t.to(device) for t in source.batch(starts[i:i + batch]))
+        x = world_model.sample(x0[:, 0, :obs_dim], x0[:, 0, obs_dim:obs_dim + act_dim], rtg, generator=gen)
+        errors.add(x, x0, valid, obs_dim)
+    return errors.metrics()
+
+
 @torch.no_grad()
 def evaluate_bundle(bundle: Any, data: OfflineDataset, n_windows: int = 1024, seed: int = 0,
                     batch: int = 1024) -> dict:
@@ -32,26 +85,19 @@ def evaluate_bundle(bundle: Any, data: OfflineDataset, n_windows: int = 1024, se
     H = int(cfg["horizon"])
     source = WindowSource.build(data, H, float(cfg["gamma"]), float(bundle.meta["heldout_fraction"]),
                                 int(bundle.meta["split_seed"]), stats=bundle.stats)
-    pool = source.heldout_starts if len(source.heldout_starts) else source.train_starts
     rng = np.random.default_rng(seed)
-    starts = pool[rng.choice(len(pool), size=min(n_windows, len(pool)), replace=False)]
+    starts = heldout_starts(source, n_windows, rng)
     device = next(bundle.world_model.parameters()).device
     obs_dim, act_dim = data.obs_dim, data.act_dim
     gen = torch.Generator(device=device).manual_seed(seed)
-    se_sum, se_n = np.zeros(H), np.zeros(H)
-    rew_abs, rew_n, cons_abs, cons_n = 0.0, 0, 0.0, 0
+    errors = _WindowErrors(H, bundle.stats.rew_std)
+    cons_abs, cons_n = 0.0, 0
     t0 = time.perf_counter()
     for i in range(0, len(starts), batch):
         s = starts[i:i + batch]
         x0, rtg, valid = (t.to(device) for t in source.batch(s))
         x = bundle.world_model.sample(x0[:, 0, :obs_dim], x0[:, 0, obs_dim:obs_dim + act_dim], rtg, generator=gen)
-        v = valid.float()
-        err = (x[:, 1:, :obs_dim] - x0[:, 1:, :obs_dim]).square().mean(-1) * v[:, 1:]
-        se_sum += err.sum(0).cpu().numpy()
-        se_n += v[:, 1:].sum(0).cpu().numpy()
-        rew_err = (x[:, :, -1] - x0[:, :, -1]).abs() * bundle.stats.rew_std * v
-        rew_abs += float(rew_err.sum())
-        rew_n += int(v.sum())
+        errors.add(x, x0, valid, obs_dim)
         # action consistency: IDM(s_{t-1}, s_t, generated s_{t+1}) vs the real a_t
         prev, cur, _, act = (t.to(device) for t in idm_triples(data, bundle.stats, s))
         inferred, _ = bundle.idm.act(prev, cur, x[:, 1, :obs_dim])
@@ -59,16 +105,14 @@ def evaluate_bundle(bundle: Any, data: OfflineDataset, n_windows: int = 1024, se
         cons_n += len(s)
     sample_s = time.perf_counter() - t0
     # IDM on real held-out transitions
-    held_ep = np.isin(data.episode_ids(), np.unique(data.episode_ids()[pool]))
+    held_ep = np.isin(data.episode_ids(), np.unique(data.episode_ids()[heldout_pool(source)]))
     idx = np.flatnonzero(held_ep)
     idx = idx[rng.choice(len(idx), size=min(20_000, len(idx)), replace=False)]
     prev, cur, nxt, act = (t.to(device) for t in idm_triples(data, bundle.stats, idx))
     pred, std = bundle.idm.act(prev, cur, nxt)
     return {
         "heldout_windows": int(len(starts)),
-        "state_mse_per_step": [float(a / max(b, 1)) for a, b in zip(se_sum, se_n)],
-        "state_mse_mean": float(se_sum.sum() / max(se_n.sum(), 1)),
-        "reward_mae": rew_abs / max(rew_n, 1),
+        **errors.metrics(),
         "action_consistency_mae": cons_abs / max(cons_n, 1),
         "idm_action_mae": float((pred - act).abs().mean()),
         "idm_nll": float(bundle.idm.nll(prev, cur, nxt, act)),

@@ -7,7 +7,8 @@ Per step and per seed, in CORL's order:
 1. ``next_v = V(s')`` with the value net *before* this step's update;
 2. value: ``adv = min_j Q'_j(s, a) - V(s)``, expectile loss ``mean(|tau - 1[adv < 0]| adv^2)``;
 3. critics: ``y = r + gamma (1 - terminated) next_v``, loss ``(MSE(Q_1, y) + MSE(Q_2, y)) / 2``, then the
-   target critics move by ``tau``;
+   target critics move by ``tau`` (DWM's n-step rows: ``y = sum_h gamma^h r_h + gamma^n (1 - terminated) V(s_n)``,
+   via ``batch.discounts``);
 4. actor: advantage-weighted regression ``mean(min(exp(beta adv), 100) * bc)`` with ``bc = ||pi(s) - a||^2``
    (deterministic actor) or ``-log N(a; mu(s), sigma)`` (Gaussian actor, state-independent log-std),
    learning rate on a cosine schedule from ``actor_lr`` to 0 over the run.
@@ -131,18 +132,24 @@ class IQL:
         return net(torch.cat([obs, actions], -1).repeat(2, 1, 1)).view(2, self.k, -1).amin(0)
 
     @torch.no_grad()
-    def td_target(self, next_obs: torch.Tensor, rewards: torch.Tensor, terminations: torch.Tensor) -> torch.Tensor:
+    def td_target(self, next_obs: torch.Tensor, rewards: torch.Tensor, terminations: torch.Tensor,
+                  discounts: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``y = r + gamma (1 - terminated) V(s')``, with the value net as it is now.
 
         Args:
             next_obs: ``(K, B, obs_dim)`` normalised next observations.
             rewards: ``(K, B)`` (already scaled).
             terminations: ``(K, B)`` 1.0 where s' is terminal: only these stop bootstrapping.
+            discounts: ``(K, B)`` bootstrap factors ``gamma^n (1 - terminated)`` of n-step rows (DWM), replacing
+                ``gamma (1 - terminated)``; None = one-step rows.
 
         Returns:
             ``(K, B)`` targets.
         """
-        return rewards + (1.0 - terminations) * self.cfg.discount * self.value(next_obs).squeeze(-1)
+        v = self.value(next_obs).squeeze(-1)
+        if discounts is not None:
+            return rewards + discounts * v
+        return rewards + (1.0 - terminations) * self.cfg.discount * v
 
     def update(self, batch: TransitionBatch, step: int,
                gen: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
@@ -162,7 +169,8 @@ class IQL:
             obs = self.normalizer.obs(batch.observations)
             next_obs = self.normalizer.obs(batch.next_observations)
             rewards = batch.rewards * self.normalizer.reward_scale
-            y = self.td_target(next_obs, rewards, batch.terminations)  # V(s') before this step's value update
+            # V(s') before this step's value update
+            y = self.td_target(next_obs, rewards, batch.terminations, batch.discounts)
             with torch.no_grad():
                 target_q = self._q_min(self.critic_target, obs, batch.actions)
 

@@ -5,7 +5,8 @@ Reads top to bottom: config -> networks -> TD target -> one gradient step -> act
 Per step and per seed (CORL, the field's reference implementation):
 
 - critic: ``y = r + gamma (1 - terminated) min_j Q'_j(s', clip(pi'(s') + clip(N(0, 0.2), +-0.5), +-1))``,
-  loss ``MSE(Q_1(s, a), y) + MSE(Q_2(s, a), y)``;
+  loss ``MSE(Q_1(s, a), y) + MSE(Q_2(s, a), y)``; DWM's n-step rows (``batch.discounts``) replace
+  ``gamma (1 - terminated)`` by ``gamma^n (1 - terminated)`` and ``r`` by the discounted n-step sum;
 - every ``policy_freq``-th step: actor loss ``-lambda mean Q_1(s, pi(s)) + MSE(pi(s), a)`` with
   ``lambda = alpha / mean|Q_1(s, pi(s))|`` (detached), then the three target networks move by ``tau``.
 
@@ -20,7 +21,7 @@ summed over seeds, so the seeds train exactly as K separate runs would, in one b
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -101,7 +102,7 @@ class TD3BC:
     # --- TD target ---------------------------------------------------------------------------------
     @torch.no_grad()
     def td_target(self, next_obs: torch.Tensor, rewards: torch.Tensor, terminations: torch.Tensor,
-                  gen: torch.Generator) -> torch.Tensor:
+                  gen: torch.Generator, discounts: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Clipped double-Q target with target policy smoothing.
 
         Args:
@@ -109,6 +110,8 @@ class TD3BC:
             rewards: ``(K, B)`` (already scaled).
             terminations: ``(K, B)`` 1.0 where s' is terminal: only these stop bootstrapping.
             gen: generator of the smoothing noise.
+            discounts: ``(K, B)`` bootstrap factors ``gamma^n (1 - terminated)`` of n-step rows (DWM), replacing
+                ``gamma (1 - terminated)``; None = one-step rows.
 
         Returns:
             ``(K, B)`` targets y.
@@ -119,6 +122,8 @@ class TD3BC:
         next_action = (self.actor_target(next_obs) * self.max_action + noise).clamp(-self.max_action, self.max_action)
         next_sa = torch.cat([next_obs, next_action], -1).repeat(2, 1, 1)  # (2K, B, obs + act)
         next_q = self.critic_target(next_sa).view(2, k, -1).amin(0)
+        if discounts is not None:
+            return rewards + discounts * next_q
         return rewards + (1.0 - terminations) * cfg.discount * next_q
 
     # --- one gradient step ---------------------------------------------------------------------------
@@ -140,7 +145,7 @@ class TD3BC:
             obs = self.normalizer.obs(batch.observations)
             next_obs = self.normalizer.obs(batch.next_observations)
             rewards = batch.rewards * self.normalizer.reward_scale
-            target = self.td_target(next_obs, rewards, batch.terminations, gen)
+            target = self.td_target(next_obs, rewards, batch.terminations, gen, batch.discounts)
             sa = torch.cat([obs, batch.actions], -1).repeat(2, 1, 1)
             q = self.critic(sa).view(2, k, -1)  # (2, K, B)
             critic_loss = ((q - target) ** 2).mean(-1).sum(0)  # (K,): MSE(Q1, y) + MSE(Q2, y)

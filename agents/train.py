@@ -1,4 +1,4 @@
-"""Train K seeds of TD3+BC or IQL on real, synthetic or mixed data; evaluate a finished run.
+"""Train K seeds of TD3+BC or IQL on real, synthetic, on-the-fly generated or mixed data; evaluate a finished run.
 
 Reads top to bottom: config -> data source -> normalisation -> agent -> (resume) -> loop with periodic
 evaluation and checkpoints -> results.
@@ -16,6 +16,16 @@ Run folder (``OUT``)::
 Rerunning the same config resumes from ``checkpoint/`` and continues exactly as the uninterrupted run would:
 every step's batch indices and noise come from generators keyed by ``(seed, step)``
 (:func:`training.common.step_rngs`), and evaluations reuse fixed reset seeds.
+
+Variants (``algo``):
+
+- ``td3bc`` / ``iql``: on ``dataset``, on a ``synthetic`` dataset (DAWM: ``dawm generate`` output), on
+  transitions generated on the fly from a ``bundle`` (``online``: the paper's Algorithm 1), or a mix;
+- ``ssorl-*``: the real data with IDM-inferred actions on a fraction of the episodes;
+- ``dwm-*``: DWM's Diffusion-MVE baseline: the critic is trained at every generated rollout's real
+  ``(s_0, a_0)`` towards an n-step target over the generated rewards with a bootstrap at the generated
+  ``s_n`` (:class:`~agents.sources.ValueExpansion`); the rollouts come from ``synthetic`` (a generated
+  dataset) or are generated ``online``. Normalisation, reward scale and evaluation stay the real dataset's.
 
 ``dawm train agent --algo td3bc --dataset ID [--synthetic ID] [--bundle NAME] [--steps N] [--seeds K] --out DIR``
 """
@@ -36,7 +46,8 @@ from agents.evaluation import FINAL_STREAM, TRAINING_STREAM, Evaluator, aggregat
 from agents.iql import IQL, IQLConfig, corl_iql_preset
 from agents.networks import Normalizer
 from agents.sources import (
-    DatasetSource, MixSource, TransitionSource, corl_reward_scale, source_obs_moments, ssorl_relabel,
+    DatasetSource, MixSource, OnlineGeneratedSource, RolloutSource, TransitionSource, ValueExpansion,
+    corl_reward_scale, dataset_obs_moments, seek_source, source_obs_moments, ssorl_relabel,
 )
 from agents.td3bc import TD3BC, TD3BCConfig
 from dawm_env.checkpoint import (
@@ -56,10 +67,10 @@ AlgoConfig = Union[TD3BCConfig, IQLConfig]
 #: The two learners: agent class and config class.
 ALGOS: dict[str, tuple[type, type]] = {"td3bc": (TD3BC, TD3BCConfig), "iql": (IQL, IQLConfig)}
 #: Every trainable ``--algo`` and its learner. ``ssorl-*``: the real data with IDM-inferred actions on a
-#: fraction of the episodes (:func:`~agents.sources.ssorl_relabel`).
-BASE_ALGO: dict[str, str] = {"td3bc": "td3bc", "iql": "iql", "ssorl-td3bc": "td3bc", "ssorl-iql": "iql"}
-#: Named in the issue, not implemented yet: world-model value expansion needs on-the-fly diffusion rollouts.
-NOT_IMPLEMENTED = ("dwm-td3bc", "dwm-iql")
+#: fraction of the episodes (:func:`~agents.sources.ssorl_relabel`); ``dwm-*``: DWM's value expansion over
+#: generated rollouts (:class:`~agents.sources.RolloutSource`).
+BASE_ALGO: dict[str, str] = {"td3bc": "td3bc", "iql": "iql", "ssorl-td3bc": "td3bc", "ssorl-iql": "iql",
+                             "dwm-td3bc": "td3bc", "dwm-iql": "iql"}
 
 CONFIG_FILE, CKPT_DIR, CURVES_FILE, RESULTS_FILE = "config.json", "checkpoint", "curves.json", "results.json"
 PLOT_FILE, EVALUATION_FILE = "learning_curve.png", "evaluation.json"
@@ -71,17 +82,18 @@ class TrainAgentConfig:
     """How to train an offline agent (K seeds in one process)."""
 
     algo: str
-    """``td3bc``, ``iql``, ``ssorl-td3bc`` or ``ssorl-iql``."""
+    """``td3bc``, ``iql``, ``ssorl-td3bc``, ``ssorl-iql``, ``dwm-td3bc`` or ``dwm-iql``."""
     dataset: str
     """The real dataset (Minari id, D4RL hdf5 or qlearning npz): the task, the evaluation env, the reward
     normalisation and, with ``synthetic``, the real part of a mix."""
     out: str
     """Run folder; rerunning with the same folder resumes."""
     synthetic: Optional[str] = None
-    """A synthetic (DAWM) dataset to train on, e.g. a Minari id written by ``dawm generate``."""
+    """A synthetic (DAWM) dataset to train on, e.g. a Minari id written by ``dawm generate``. ``dwm-*``: the
+    generated dataset whose rollouts give the value-expansion targets (required unless ``online``)."""
     real_fraction: Optional[float] = None
-    """With ``synthetic`` (or a custom source): the fraction of every batch drawn from ``dataset``; default 0
-    (synthetic only). Without: must be unset or 1."""
+    """With ``synthetic``, ``online`` (or a custom source): the fraction of every batch drawn from ``dataset``;
+    default 0 (generated data only). Without: must be unset or 1."""
     steps: int = 1_000_000
     """Gradient steps per seed."""
     seeds: int = 5
@@ -103,9 +115,30 @@ class TrainAgentConfig:
     level: Optional[str] = None
     """Dataset level for CORL's per-dataset IQL settings; inferred from the dataset id when unset."""
     bundle: Optional[str] = None
-    """World-model bundle (name or folder); ``ssorl-*`` use its inverse dynamics model."""
+    """World-model bundle (name or folder); ``ssorl-*`` use its inverse dynamics model, ``online`` generates
+    with it."""
     ssorl_fraction: float = 0.5
     """``ssorl-*``: fraction of the real episodes whose actions are replaced by IDM-inferred ones."""
+    mve_horizon: Optional[int] = None
+    """``dwm-*``: n of the n-step value-expansion target, ``n = min(mve_horizon, rollout length)`` generated
+    rewards then a bootstrap at the generated ``s_n``; None = each rollout's whole length."""
+    online: bool = False
+    """Train on transitions generated on the fly from ``bundle`` (paper Algorithm 1) instead of a synthetic
+    dataset: rollouts from the real dataset's ``(s_t, a_t)`` pairs in a pool, part of which is regenerated every
+    ``online_refresh_every`` steps (:class:`~agents.sources.OnlineGeneratedSource`; ``dwm-*``: one n-step row
+    per rollout). Resumes exactly (the pool is a function of the seed and the step)."""
+    online_pool: int = 20_000
+    """``online``: rollouts in the pool (up to ``online_horizon`` transitions each)."""
+    online_refresh_every: int = 1000
+    """``online``: regenerate one block of the pool every this many steps."""
+    online_refresh_fraction: float = 0.1
+    """``online``: fraction of the pool in one block (the pool is cut into ``round(1 / f)`` blocks, the
+    oldest is regenerated at every refresh); 1 with ``online_refresh_every = 1`` is Algorithm 1 literally."""
+    online_horizon: int = 7
+    """``online``: H, transitions per generated rollout (at most the bundle's horizon; paper: 7)."""
+    online_rtg: Optional[float] = None
+    """``online``: return-to-go target ``g`` in the task's scaled units; None = the task's default
+    (``max(task.gen_rtg_range)``)."""
     device: str = "cpu"
     """``cpu`` or ``cuda``."""
     threads: Optional[int] = None
@@ -114,13 +147,29 @@ class TrainAgentConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        if self.algo in NOT_IMPLEMENTED:
-            raise NotImplementedError(f"--algo {self.algo} (DWM value-expansion baseline) is not implemented yet; "
-                                      f"implemented: {', '.join(BASE_ALGO)}")
         if self.algo not in BASE_ALGO:
             raise ValueError(f"unknown algo {self.algo!r}; implemented: {', '.join(BASE_ALGO)}")
         if self.algo.startswith("ssorl-") and not self.bundle:
             raise ValueError(f"{self.algo} needs a bundle (its inverse dynamics model relabels the actions)")
+        if self.is_dwm and self.synthetic is None and not self.online:
+            raise ValueError(f"{self.algo} needs generated rollouts for its value-expansion targets: pass --synthetic "
+                             "ID, a dataset written by dawm generate (or bundle=... with online=True)")
+        if self.mve_horizon is not None and not self.is_dwm:
+            raise ValueError(f"mve_horizon is a dwm-* setting; {self.algo} trains with one-step TD")
+        if self.mve_horizon is not None and self.mve_horizon < 1:
+            raise ValueError(f"mve_horizon must be >= 1, got {self.mve_horizon}")
+        if self.online:
+            if not self.bundle:
+                raise ValueError("online generation needs a bundle (world model + IDM)")
+            if self.synthetic is not None:
+                raise ValueError("give either a synthetic dataset or online generation, not both")
+            if self.algo.startswith("ssorl-"):
+                raise ValueError(f"online generation is for td3bc, iql and dwm-*, not {self.algo}")
+            for name in ("online_pool", "online_refresh_every", "online_horizon"):
+                if int(getattr(self, name)) < 1:
+                    raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            if not 0.0 < self.online_refresh_fraction <= 1.0:
+                raise ValueError(f"online_refresh_fraction must lie in (0, 1], got {self.online_refresh_fraction}")
         if not 0.0 <= self.ssorl_fraction <= 1.0:
             raise ValueError(f"ssorl_fraction must lie in [0, 1], got {self.ssorl_fraction}")
         for name in ("steps", "seeds", "batch_size", "eval_every", "eval_episodes", "log_every"):
@@ -139,6 +188,11 @@ class TrainAgentConfig:
     def base_algo(self) -> str:
         """The learner: ``td3bc`` or ``iql``."""
         return BASE_ALGO[self.algo]
+
+    @property
+    def is_dwm(self) -> bool:
+        """Whether this is a DWM value-expansion run (``dwm-*``)."""
+        return self.algo.startswith("dwm-")
 
     @property
     def seed_list(self) -> list[int]:
@@ -176,10 +230,26 @@ def build_agent(algo: str, algo_cfg: AlgoConfig, obs_dim: int, act_dim: int, see
 
 # --- data -------------------------------------------------------------------------------------------------
 def build_source(cfg: TrainAgentConfig, real: OfflineDataset, device: torch.device,
-                 custom: Optional[TransitionSource] = None) -> tuple[TransitionSource, dict]:
-    """The training source and a JSON description of it (fingerprints, mix fraction, SSORL relabelling)."""
+                 custom: Optional[TransitionSource] = None,
+                 discount: Optional[float] = None) -> tuple[TransitionSource, dict]:
+    """The training source and a JSON description of it (fingerprints, mix fraction, SSORL relabelling,
+    online generation, value expansion).
+
+    Args:
+        cfg: the run.
+        real: the real dataset.
+        device: where batches live.
+        custom: a custom source (replaces ``synthetic`` / ``online``).
+        discount: the agent's gamma; required for ``dwm-*`` (n-step targets).
+    """
     desc: dict[str, Any] = {"dataset": cfg.dataset, "dataset_fingerprint": real.fingerprint(),
                             "dataset_transitions": real.num_transitions}
+    expansion: Optional[ValueExpansion] = None
+    if cfg.is_dwm:
+        if discount is None:
+            raise ValueError(f"{cfg.algo} needs the agent's discount for its n-step targets")
+        expansion = ValueExpansion(discount, cfg.mve_horizon)
+        desc["mve"] = {"horizon": cfg.mve_horizon, "discount": discount}
     if cfg.algo.startswith("ssorl-"):
         from dawm_env.world_model.bundle import Bundle
 
@@ -188,20 +258,31 @@ def build_source(cfg: TrainAgentConfig, real: OfflineDataset, device: torch.devi
         desc["ssorl"] = {"bundle": str(bundle.path), **info}
         log.info("SSORL: relabelled %d of %d episodes with the IDM (action MAE %.3f)", info["relabelled_episodes"],
                  real.num_episodes, info["idm_action_mae"])
-    real_src = DatasetSource(real, device)
-    if custom is not None and cfg.synthetic is not None:
-        raise ValueError("give either a synthetic dataset or a custom source, not both")
+    # dwm-*: the real rows are one-step rows beside n-step ones, so they carry discounts too
+    real_src = DatasetSource(real, device, discount=expansion.discount if expansion else None)
+    if custom is not None and (cfg.synthetic is not None or cfg.online):
+        raise ValueError("give either a synthetic dataset / online generation or a custom source, not both")
     other: Optional[TransitionSource] = custom
     if custom is not None:
         desc["custom_source"] = type(custom).__name__
+    elif cfg.online:
+        other, desc["online"] = build_online_source(cfg, real, device, expansion)
     elif cfg.synthetic is not None:
         syn = load_dataset(cfg.synthetic, task=real.task or None)
+        if expansion is not None and not _is_generated(cfg.synthetic):
+            raise ValueError(f"{cfg.algo} needs a dataset written by dawm generate (one episode per rollout, "
+                             f"starting at a real (s_t, a_t)); {cfg.synthetic} is not one")
         if (syn.obs_dim, syn.act_dim) != (real.obs_dim, real.act_dim):
             raise ValueError(f"{cfg.synthetic}: obs/act dims {syn.obs_dim}/{syn.act_dim} do not match "
                              f"{cfg.dataset}'s {real.obs_dim}/{real.act_dim}")
-        other = DatasetSource(syn, device)
         desc.update(synthetic=cfg.synthetic, synthetic_fingerprint=syn.fingerprint(),
                     synthetic_transitions=syn.num_transitions)
+        if expansion is not None:
+            rollouts = RolloutSource(syn, expansion, device)
+            desc["mve"].update(rollouts=len(rollouts), mean_steps=float(rollouts.steps.mean()))
+            other = rollouts
+        else:
+            other = DatasetSource(syn, device)
     if other is None:
         if cfg.real_fraction not in (None, 1.0):
             raise ValueError(f"real_fraction={cfg.real_fraction} needs a synthetic dataset (or a custom source) "
@@ -216,12 +297,52 @@ def build_source(cfg: TrainAgentConfig, real: OfflineDataset, device: torch.devi
     return MixSource(real_src, other, frac), desc
 
 
+def _is_generated(dataset: str) -> bool:
+    """Whether ``dataset`` is a local Minari dataset written by ``dawm generate`` (False for files)."""
+    from dawm_env.data.minari_io import dataset_exists
+    from dawm_env.generation.stats import is_generated_dataset
+
+    try:
+        return dataset_exists(dataset) and is_generated_dataset(dataset)
+    except (ValueError, FileNotFoundError, OSError):
+        return False
+
+
+def build_online_source(cfg: TrainAgentConfig, real: OfflineDataset, device: torch.device,
+                        expansion: Optional[ValueExpansion]) -> tuple[OnlineGeneratedSource, dict]:
+    """The ``online`` source: rollouts of ``cfg.bundle`` from ``real``'s pairs, and its JSON description.
+
+    ``dwm-*`` never reads the actions of steps ``h >= 1``, so their rollouts skip the IDM (``action_source =
+    "repeat"``).
+    """
+    from dawm_env.generation.rollouts import RolloutConfig, RolloutGenerator
+    from dawm_env.generation.writer import bundle_hash
+    from dawm_env.world_model.bundle import Bundle
+
+    bundle = Bundle.load(cfg.bundle, device, expect_task=real.task)
+    rollout_cfg = RolloutConfig(horizon=cfg.online_horizon, rtg=cfg.online_rtg,
+                                action_source="repeat" if expansion is not None else "idm")
+    generator = RolloutGenerator(bundle, rollout_cfg)
+    source = OnlineGeneratedSource(generator, real, cfg.online_pool, cfg.online_refresh_every,
+                                   cfg.online_refresh_fraction, seed=cfg.seed, device=device, expansion=expansion)
+    desc = {"bundle": str(bundle.path), "bundle_hash": bundle_hash(bundle.path), "pool_rollouts": cfg.online_pool,
+            "refresh_every": cfg.online_refresh_every, "refresh_fraction": cfg.online_refresh_fraction,
+            "blocks": source.num_blocks, "seed": cfg.seed, "rollout": generator.config.to_dict()}
+    log.info("online generation: a pool of %d rollouts from %s, %d block(s), one regenerated every %d steps",
+             cfg.online_pool, bundle.path, source.num_blocks, cfg.online_refresh_every)
+    return source, desc
+
+
 def build_normalizer(algo_cfg: AlgoConfig, source: TransitionSource, real: OfflineDataset,
-                     task: TaskSpec) -> Normalizer:
-    """Observation mean / std of what the agent trains on (+1e-3) and CORL's reward scale of the real data."""
+                     task: TaskSpec, real_moments: bool = False) -> Normalizer:
+    """Observation mean / std (+1e-3) and CORL's reward scale of the real data.
+
+    The observation statistics are those of what the agent trains on (``source``), or of the real dataset
+    with ``real_moments`` (``dwm-*``: the critic and actor inputs are real ``s_0``).
+    """
     obs_dim = source.obs_dim
     if algo_cfg.normalize_states:
-        m = source_obs_moments(source)
+        m = dataset_obs_moments(real) if real_moments else source_obs_moments(source)
         mean, std = torch.as_tensor(m.mean, dtype=torch.float32), torch.as_tensor(m.std(STATE_EPS), dtype=torch.float32)
     else:
         mean, std = torch.zeros(obs_dim), torch.ones(obs_dim)
@@ -270,9 +391,9 @@ def train_agent(cfg: TrainAgentConfig, source: Optional[TransitionSource] = None
 
     Args:
         cfg: the run.
-        source: optional custom transition source (e.g. transitions generated on the fly from a bundle);
-            mixed with ``cfg.dataset`` at ``cfg.real_fraction`` (default 0: the custom source only). It must be
-            deterministic given the ``rng`` it is handed for a resume to be exact.
+        source: optional custom transition source; mixed with ``cfg.dataset`` at ``cfg.real_fraction``
+            (default 0: the custom source only). It must be deterministic given the ``rng`` it is handed (and
+            its ``seek``, if it has one) for a resume to be exact.
         callback: called as ``callback(steps_done, metrics)`` after every step (metrics: per-seed ``(K,)``
             tensors); raising from it stops the run, which resumes from its last checkpoint.
     """
@@ -285,8 +406,8 @@ def train_agent(cfg: TrainAgentConfig, source: Optional[TransitionSource] = None
         raise ValueError(f"{cfg.dataset}: unknown task; dawm agents need hopper, walker2d or halfcheetah data")
     task = get_task(real.task)
     algo_cfg = resolve_algo_config(cfg, task)
-    train_source, data_desc = build_source(cfg, real, device, source)
-    normalizer = build_normalizer(algo_cfg, train_source, real, task)
+    train_source, data_desc = build_source(cfg, real, device, source, discount=algo_cfg.discount)
+    normalizer = build_normalizer(algo_cfg, train_source, real, task, real_moments=cfg.is_dwm)
     seeds, k, b = cfg.seed_list, cfg.seeds, cfg.batch_size
     agent = build_agent(cfg.algo, algo_cfg, real.obs_dim, real.act_dim, seeds, normalizer, device, cfg.steps)
 
@@ -304,6 +425,7 @@ def train_agent(cfg: TrainAgentConfig, source: Optional[TransitionSource] = None
         if meta["run"].get("steps") != cfg.steps and cfg.base_algo == "iql":
             log.warning("resuming IQL with a different step budget: the actor's cosine schedule changes")
         log.info("resumed %s from %s at step %d", cfg.algo, ckpt, step)
+    seek_source(train_source, step)  # sources with state (online generation) continue where the run left off
     atomic_write_json(out / CONFIG_FILE, run_meta)
 
     ckpt_every = cfg.checkpoint_every or cfg.eval_every
@@ -377,6 +499,7 @@ def _results(run_meta: dict, extra: dict, steps: int) -> dict:
     return {
         "algo": run_meta["algo"], "task": task.name, "env_id": task.env_id, "seeds": run_meta["seeds"],
         "dataset": run_meta["data"]["dataset"], "synthetic": run_meta["data"].get("synthetic"),
+        "online": "online" in run_meta["data"],
         "real_fraction": run_meta["data"]["real_fraction"], "steps": steps,
         "eval_episodes": run_meta["eval_episodes"],
         "last": {**aggregate(scores[-1]), "step": evals[-1]["step"]},

@@ -506,5 +506,5 @@ def test_ssorl_relabels_a_fraction_of_episodes_and_trains(hopper_random, hopper_
     assert load_agent(out)[0].name == "td3bc"
     with pytest.raises(ValueError, match="needs a bundle"):
         TrainAgentConfig(algo="ssorl-iql", dataset=hopper_npz, out=str(tmp_path / "x"))
-    with pytest.raises(NotImplementedError, match="dwm-td3bc"):
+    with pytest.raises(ValueError, match="pass --synthetic"):
         TrainAgentConfig(algo="dwm-td3bc", dataset=hopper_npz, out=str(tmp_path / "x"))

@@ -356,3 +356,43 @@ def _slice_episodes(data, lo: int, hi: int):
         next_observations=data.next_observations[s:t], terminations=data.terminations[s:t],
         truncations=data.truncations[s:t], episode_offsets=data.episode_offsets[lo:hi + 1] - s,
         seeds=data.seeds[lo:hi], source=data.source)
+
+
+def test_action_sources_for_the_idm_ablation(tiny_bundle, hopper_random):
+    bundle = Bundle.load(tiny_bundle)
+    idx = np.arange(0, 120, 3)
+    s, a = hopper_random.observations[idx], hopper_random.actions[idx]
+    runs = {}
+    for source in ("idm", "random", "repeat"):
+        gen = RolloutGenerator(bundle, RolloutConfig(horizon=5, batch_size=16, action_source=source))
+        runs[source] = gen.generate(s, a, gen.new_generator(3))
+        assert gen.config.to_dict()["action_source"] == source
+    for source, r in runs.items():
+        np.testing.assert_array_equal(r.actions[:, 0], a)  # step 0 always keeps the real a_t
+    rnd, rep, idm = runs["random"], runs["repeat"], runs["idm"]
+    assert np.all(np.abs(rnd.actions[:, 1:]) <= 1.0) and rnd.actions[:, 1:].std() > 0.4  # uniform in [-1, 1]
+    assert not np.allclose(rnd.actions[:, 1:], idm.actions[:, 1:], atol=1e-3)
+    np.testing.assert_array_equal(rep.actions, np.broadcast_to(a[:, None], rep.actions.shape))
+    for r in (rnd, rep):
+        np.testing.assert_array_equal(r.idm_std, 0.0)  # no IDM: no IDM uncertainty
+    # the random actions come from the run's torch generator: reproducible, and a new seed changes them
+    gen = RolloutGenerator(bundle, RolloutConfig(horizon=5, batch_size=16, action_source="random"))
+    np.testing.assert_array_equal(gen.generate(s, a, gen.new_generator(3)).actions, rnd.actions)
+    assert not np.array_equal(gen.generate(s, a, gen.new_generator(4)).actions, rnd.actions)
+    with pytest.raises(ValueError, match="unknown action_source 'zero'"):
+        RolloutConfig(action_source="zero")
+    with pytest.raises(ValueError, match="action_source"):
+        GenerateConfig(bundle="b", seed_dataset="s", out="dawm-gen/hopper/x-v0", action_source="idm2")
+
+
+def test_generated_ablation_dataset_records_its_action_source(tiny_bundle, hopper_random, seed_id):
+    out = generate_dataset(_cfg(tiny_bundle, seed_id, "dawm-gen/hopper/repeat-v0", horizon=3, subsample=30,
+                                action_source="repeat"))
+    prov = read_provenance(out)
+    assert prov["rollout"]["action_source"] == "repeat" and prov["generator_config"]["action_source"] == "repeat"
+    assert prov["idm_std_mean"] is None
+    for ep in _episodes(out):
+        np.testing.assert_array_equal(ep["actions"], np.broadcast_to(ep["actions"][0], ep["actions"].shape))
+    stats = generation_stats(out)
+    assert stats.idm_std_count == 0 and stats.generator["action_source"] == "repeat"
+    assert "repeat" in stats.format()

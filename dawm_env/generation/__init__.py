@@ -19,7 +19,8 @@ _EXPORTS = {
     "GenerateConfig": "writer", "generate_dataset": "writer", "GenerationPlan": "writer", "ShardSpec": "writer",
     "select_seed_pairs": "writer", "bundle_hash": "writer",
     "RolloutConfig": "rollouts", "RolloutGenerator": "rollouts", "RolloutBatch": "rollouts",
-    "TransitionBatch": "rollouts", "TransitionStream": "rollouts", "validate_episodes": "rollouts",
+    "ACTION_SOURCES": "rollouts",
+    "GeneratedTransitions": "rollouts", "TransitionStream": "rollouts", "validate_episodes": "rollouts",
     "GenerationStats": "stats", "generation_stats": "stats", "is_generated_dataset": "stats",
     "GENERATED_KIND": "stats",
 }

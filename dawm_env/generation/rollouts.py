@@ -7,7 +7,8 @@ One rollout starts from a real pair ``(s_t, a_t)`` (paper Algorithm 1, Sec. 4):
    ``N`` strided reverse steps); ``H_m`` is the model's own horizon (7 for the paper's window of 8);
 2. step ``h = 0`` keeps the real ``a_t``; every step ``h >= 1`` gets the IDM's action
    ``a_{t+h} = f(s_{t+h-1}, s_{t+h}, s_{t+h+1})`` from the *generated* states (deterministic
-   ``tanh(mean)`` by default), and its predicted std is kept as a per-transition uncertainty;
+   ``tanh(mean)`` by default), and its predicted std is kept as a per-transition uncertainty
+   (the ``action_source`` ablations replace the IDM by uniform random actions or by ``a_t`` repeated);
 3. the rollout keeps the first ``H <= H_m`` transitions ``(s_{t+h}, a_{t+h}, r_{t+h}, s_{t+h+1})``
    (``H = 1, 3`` use the same window, truncated), and ends early at the first generated next state on
    which the task's termination function fires (``terminated``); otherwise it is ``truncated`` at ``H``.
@@ -32,6 +33,9 @@ import torch
 from dawm_env.data.records import OfflineDataset
 from dawm_env.tasks import TaskSpec
 
+#: Where the actions of steps ``h >= 1`` come from (:attr:`RolloutConfig.action_source`).
+ACTION_SOURCES: tuple[str, ...] = ("idm", "random", "repeat")
+
 #: Names of the per-step infos stored with every generated transition. The step ``h`` within the
 #: rollout is not stored: it is the row's position in its episode (every HDF5 dataset costs ~40 us per
 #: episode to write, a tenth of the write cost).
@@ -50,6 +54,10 @@ class RolloutConfig:
         temperature: sampling temperature; None = the bundle's.
         stochastic_idm: sample IDM actions ``tanh(mean + std * eps)`` instead of ``tanh(mean)``.
         batch_size: rollouts per model call (the world model runs on ``2 * batch_size`` rows with guidance).
+        action_source: actions of steps ``h >= 1`` (step 0 always keeps the real ``a_t``): ``"idm"`` (DAWM),
+            or, for the IDM ablation, ``"random"`` (uniform in ``[-1, 1]^act_dim`` from the run's torch RNG)
+            or ``"repeat"`` (the conditioning ``a_t`` at every step). Without the IDM the stored ``idm_std``
+            is 0.
     """
 
     horizon: int = 7
@@ -59,8 +67,11 @@ class RolloutConfig:
     temperature: Optional[float] = None
     stochastic_idm: bool = False
     batch_size: int = 4096
+    action_source: str = "idm"
 
     def __post_init__(self) -> None:
+        if self.action_source not in ACTION_SOURCES:
+            raise ValueError(f"unknown action_source {self.action_source!r}; choose one of {', '.join(ACTION_SOURCES)}")
         if self.horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {self.horizon}")
         if self.batch_size < 1:
@@ -96,21 +107,24 @@ class RolloutConfig:
         """JSON-friendly dict."""
         return {"horizon": self.horizon, "rtg": self.rtg, "guidance": self.guidance,
                 "sampling_steps": self.sampling_steps, "temperature": self.temperature,
-                "stochastic_idm": self.stochastic_idm, "batch_size": self.batch_size}
+                "stochastic_idm": self.stochastic_idm, "batch_size": self.batch_size,
+                "action_source": self.action_source}
 
 
 @dataclass(frozen=True)
-class TransitionBatch:
+class GeneratedTransitions:
     """Flat generated transitions, ready for a replay buffer (``N`` transitions).
 
     Attributes:
         observations: ``(N, obs_dim)`` float32 ``s``.
-        actions: ``(N, act_dim)`` float32 ``a`` (real at ``step == 0``, IDM-inferred after).
+        actions: ``(N, act_dim)`` float32 ``a`` (real at ``step == 0``, then from the action source: the IDM
+            by default).
         rewards: ``(N,)`` float32 ``r``.
         next_observations: ``(N, obs_dim)`` float32 ``s'``.
         terminations: ``(N,)`` bool: ``s'`` is terminal (do not bootstrap).
         truncations: ``(N,)`` bool: last transition of a rollout cut at the horizon (bootstrap).
-        idm_std: ``(N, act_dim)`` float32 IDM pre-tanh std (0 for the real action at ``step == 0``).
+        idm_std: ``(N, act_dim)`` float32 IDM pre-tanh std (0 for the real action at ``step == 0`` and for
+            actions that did not come from the IDM).
         seed_index: ``(N,)`` int64 index of the seed pair the rollout started from.
         step: ``(N,)`` int32 position ``h`` of the transition in its rollout.
     """
@@ -142,9 +156,10 @@ class RolloutBatch:
 
     Attributes:
         states: ``(B, H + 1, obs_dim)`` float32 raw ``s_t .. s_{t+H}`` (row 0 is the real ``s_t``).
-        actions: ``(B, H, act_dim)`` float32 (row 0 is the real ``a_t``).
+        actions: ``(B, H, act_dim)`` float32 (row 0 is the real ``a_t``; rows ``h >= 1`` from the action source).
         rewards: ``(B, H)`` float32 raw ``r_t .. r_{t+H-1}``.
-        idm_std: ``(B, H, act_dim)`` float32 IDM std (row 0 = 0: the real action is known).
+        idm_std: ``(B, H, act_dim)`` float32 IDM std (row 0 = 0: the real action is known; 0 everywhere when the
+            actions do not come from the IDM).
         lengths: ``(B,)`` int64 transitions kept per rollout (``1..H``).
         terminated: ``(B,)`` bool: ended by the termination function (else truncated at ``H``).
         seed_index: ``(B,)`` int64 index of each rollout's seed pair.
@@ -174,14 +189,14 @@ class RolloutBatch:
         h = self.actions.shape[1]
         return np.arange(h)[None, :] < self.lengths[:, None]  # (B, H), row-major = rollout order
 
-    def transitions(self) -> TransitionBatch:
+    def transitions(self) -> GeneratedTransitions:
         """Flatten to ``N = num_transitions`` transitions, rollout by rollout, in step order."""
         m = self._mask()
         b, h = m.shape
         last = np.zeros((b, h), dtype=bool)
         last[np.arange(b), self.lengths - 1] = True
         step = np.broadcast_to(np.arange(h, dtype=np.int32)[None], (b, h))
-        return TransitionBatch(
+        return GeneratedTransitions(
             observations=self.states[:, :-1][m], actions=self.actions[m], rewards=self.rewards[m],
             next_observations=self.states[:, 1:][m],
             terminations=(last & self.terminated[:, None])[m], truncations=(last & ~self.terminated[:, None])[m],
@@ -310,7 +325,7 @@ class RolloutGenerator:
         act = torch.empty(b, H, a, device=dev)
         std = torch.zeros(b, H, a, device=dev)
         act[:, 0] = a0
-        if H > 1:
+        if H > 1 and cfg.action_source == "idm":
             # one IDM call for all h = 1..H-1: (s_{t+h-1}, s_{t+h}, s_{t+h+1}) from the generated window
             prev = s_norm[:, : H - 1].reshape(-1, o)
             cur = s_norm[:, 1:H].reshape(-1, o)
@@ -318,6 +333,10 @@ class RolloutGenerator:
             ia, istd = self.bundle.idm.act(prev, cur, nxt, deterministic=not cfg.stochastic_idm, generator=generator)
             act[:, 1:] = ia.reshape(b, H - 1, a)
             std[:, 1:] = istd.reshape(b, H - 1, a)
+        elif H > 1 and cfg.action_source == "random":
+            act[:, 1:] = torch.rand(b, H - 1, a, device=dev, generator=generator) * 2.0 - 1.0
+        elif H > 1:  # "repeat": the conditioning action at every step
+            act[:, 1:] = a0[:, None]
         raw_states = (s_norm * self._obs_std + self._obs_mean).cpu().numpy()
         raw_states[:, 0] = states  # exact real s_t (no normalise / denormalise round-off)
         rewards = (x[:, :H, -1] * self._rew_std + self._rew_mean).cpu().numpy()
@@ -336,8 +355,9 @@ class TransitionStream:
     """Endless stream of freshly generated transitions (paper Algorithm 1: new rollouts every iteration).
 
     Every ``next()`` samples ``rollouts_per_batch`` seed pairs uniformly (with replacement), rolls them
-    out and returns the flattened :class:`TransitionBatch` (up to ``rollouts_per_batch * H`` transitions;
-    fewer when rollouts terminate early). Nothing is stored::
+    out and returns the flattened :class:`GeneratedTransitions` (up to ``rollouts_per_batch * H``
+    transitions; fewer when rollouts terminate early). Nothing is stored (for agents,
+    :class:`agents.sources.OnlineGeneratedSource` keeps a refreshed pool of them)::
 
         stream = TransitionStream(Bundle.load("hopper-medium"), seed_data, rollouts_per_batch=256)
         for it, batch in zip(range(n_iters), stream):
@@ -386,14 +406,14 @@ class TransitionStream:
         idx = self._rng.integers(0, len(self._states), size=n)
         return self._gen.generate(self._states[idx], self._actions[idx], self._torch_gen, seed_index=idx)
 
-    def sample(self, n: Optional[int] = None) -> TransitionBatch:
+    def sample(self, n: Optional[int] = None) -> GeneratedTransitions:
         """Transitions of ``n`` (default ``rollouts_per_batch``) fresh rollouts."""
         return self.sample_rollouts(n).transitions()
 
-    def __iter__(self) -> Iterator[TransitionBatch]:
+    def __iter__(self) -> Iterator[GeneratedTransitions]:
         return self
 
-    def __next__(self) -> TransitionBatch:
+    def __next__(self) -> GeneratedTransitions:
         return self.sample()
 
 

@@ -91,6 +91,9 @@ class GenerateConfig:
         sampling_steps: N reverse diffusion steps; None = the bundle's (3).
         temperature: sampling temperature; None = the bundle's (0.5).
         stochastic_idm: sample IDM actions instead of taking ``tanh(mean)``.
+        action_source: actions of steps ``h >= 1``: ``"idm"`` (DAWM, default), or the IDM ablations
+            ``"random"`` (uniform in ``[-1, 1]``) and ``"repeat"`` (the seed action ``a_t`` repeated); step 0
+            always keeps the real ``a_t`` (``--action-source``).
         overwrite: replace an existing dataset with this id.
         restart: discard a resumable partial run of this configuration and start over.
         progress: show progress bars and messages.
@@ -117,6 +120,7 @@ class GenerateConfig:
     sampling_steps: Optional[int] = None
     temperature: Optional[float] = None
     stochastic_idm: bool = False
+    action_source: str = "idm"
     overwrite: bool = False
     restart: bool = False
     progress: bool = True
@@ -135,12 +139,14 @@ class GenerateConfig:
             raise ValueError(f"max_chunks must be >= 0, got {self.max_chunks}")
         if self.shard is not None:
             ShardSpec.parse(self.shard)  # fail early on a bad spec
+        self.rollout_config()  # fail early on a bad rollout setting (e.g. an unknown action source)
 
     def rollout_config(self) -> RolloutConfig:
         """The :class:`RolloutConfig` these settings ask for (unresolved)."""
         return RolloutConfig(horizon=self.horizon, rtg=self.rtg, guidance=self.guidance,
                              sampling_steps=self.sampling_steps, temperature=self.temperature,
-                             stochastic_idm=self.stochastic_idm, batch_size=self.batch_size)
+                             stochastic_idm=self.stochastic_idm, batch_size=self.batch_size,
+                             action_source=self.action_source)
 
 
 @dataclass(frozen=True)
@@ -386,6 +392,8 @@ class _Run:
             raise ValueError(f"generated chunk {c} failed validation, nothing written: {err}. The bundle "
                              f"{self.bundle.path} may be broken (non-finite outputs?)") from err
         inferred = positions_in_episode(data) > 0  # IDM actions; step 0 is the real a_t
+        if self.generator.config.action_source != "idm":
+            inferred[:] = False  # the ablation action sources do not use the IDM
         totals = {"chunk": c, "rollouts": int(data.num_episodes), "transitions": int(data.num_transitions),
                   "terminated": int(rollouts.terminated.sum()),
                   "reward_sum": float(data.rewards.astype(np.float64).sum()),
@@ -469,6 +477,8 @@ class _Run:
             description = (f"DAWM synthetic rollouts: H={rc.horizon}, g={rc.rtg}, w={rc.guidance}, N={rc.sampling_steps}, "
                            f"{self.cfg.repeats} rollout(s) from each of {len(self.plan.pair_indices)} seed pairs of "
                            f"{self.cfg.seed_dataset} (1/{self.cfg.subsample}); bundle {self.bundle.path.name}")
+            if rc.action_source != "idm":
+                description += f"; actions of steps h >= 1: {rc.action_source} (IDM ablation)"
             with MinariStreamWriter(self.cfg.out, self.task, algorithm_name="DAWM", description=description,
                                     provenance=provenance, overwrite=self.cfg.overwrite) as writer:
                 for c in tqdm(range(self.plan.num_chunks), desc="merge chunks", unit="chunk",

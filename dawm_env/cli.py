@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -132,6 +133,9 @@ def train_world_model_cmd(
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     seed: int = typer.Option(0, help="Training seed."),
     checkpoint_every: int = typer.Option(1000, help="Resumable checkpoint period (steps)."),
+    eval_every: Optional[int] = typer.Option(
+        None, help="Evaluate on held-out windows every this many steps (OUT/quality_curve.json)."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train (or resume) the diffusion world model; rerun the same command to resume after a kill."""
@@ -141,7 +145,7 @@ def train_world_model_cmd(
     try:
         path = train_world_model(WorldModelTrainConfig(
             dataset=dataset, out=out, preset=preset, steps=steps, batch_size=batch_size, device=device, seed=seed,
-            checkpoint_every=checkpoint_every, progress=progress))
+            checkpoint_every=checkpoint_every, eval_every=eval_every, threads=threads, progress=progress))
         if assemble_bundle(path) is not None:
             typer.echo(f"bundle ready: {path}")
     except (ValueError, FileNotFoundError) as err:
@@ -219,6 +223,95 @@ def evaluate_cmd(
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("demo")
+def demo_cmd(
+    out: str = typer.Option("runs/dawm-demo", help="Run folder (rerun the same command to resume / reuse)."),
+    bundle: str = typer.Option("hopper-medium", help="Bundle name or folder (default: the shipped Hopper bundle)."),
+    pairs: int = typer.Option(4096, help="Seed (s, a) pairs of the bundle to roll out from (at most the stored ones)."),
+    repeats: int = typer.Option(2, help="Rollouts per seed pair."),
+    horizon: int = typer.Option(7, help="Generated transitions per rollout."),
+    steps: int = typer.Option(15_000, help="TD3+BC gradient steps per seed."),
+    seeds: int = typer.Option(2, help="Agent seeds, trained together."),
+    eval_every: Optional[int] = typer.Option(None, help="Evaluation period in steps (default: steps / 8)."),
+    eval_episodes: int = typer.Option(5, help="Real episodes per seed per evaluation."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    seed: int = typer.Option(0, help="Generation seed and first agent seed."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Offline, from the shipped bundle alone: generate DAWM data, train TD3+BC on it, score it in real Hopper-v5."""
+    from dawm_env.experiments.demo import DemoConfig, run_demo
+
+    try:
+        run_demo(DemoConfig(out=out, bundle=bundle, pairs=pairs, repeats=repeats, horizon=horizon, steps=steps,
+                            seeds=seeds, eval_every=eval_every, eval_episodes=eval_episodes, device=device, seed=seed,
+                            threads=threads, progress=progress), echo=typer.echo)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        _fail(err)
+
+
+def _split_list(values: Optional[list[str]]) -> Optional[tuple[str, ...]]:
+    """Repeated and / or comma-separated option values -> tuple (None when not given)."""
+    if not values:
+        return None
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+def _parse_overrides(values: Optional[list[str]], what: str) -> dict[str, str]:
+    """``TASK/LEVEL=VALUE`` options -> ``{"TASK/LEVEL": VALUE}``."""
+    out = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or "/" not in key or not value:
+            raise ValueError(f"--{what} {item!r}: expected TASK/LEVEL=VALUE, e.g. hopper/medium=path")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@app.command("experiment")
+def experiment_cmd(
+    name: str = typer.Argument(..., help="table2, table4, table5, table6, ablation-idm or consistency."),
+    preset: str = typer.Option("cpu", help="Budget: smoke (seconds), cpu (2 CPU cores) or paper."),
+    tasks: Optional[list[str]] = typer.Option(None, help="Tasks (repeat or comma-separate; default: the preset's)."),
+    levels: Optional[list[str]] = typer.Option(None, help="Levels (repeat or comma-separate; default: the preset's)."),
+    seeds: Optional[int] = typer.Option(None, help="Agent seeds per cell (default: the preset's)."),
+    steps: Optional[int] = typer.Option(None, help="Agent gradient steps per seed (default: the preset's)."),
+    eval_every: Optional[int] = typer.Option(None, help="Evaluation period in steps (default: the preset's)."),
+    eval_episodes: Optional[int] = typer.Option(None, help="Real episodes per seed per evaluation."),
+    out: Optional[str] = typer.Option(None, help="Output root (default $DAWM_HOME/experiments/PRESET)."),
+    dataset: Optional[list[str]] = typer.Option(None, help="TASK/LEVEL=SOURCE: use this real dataset (repeatable)."),
+    bundle: Optional[list[str]] = typer.Option(None, help="TASK/LEVEL=BUNDLE: use this bundle (repeatable)."),
+    max_cells: Optional[int] = typer.Option(None, help="Run at most this many unfinished cells, then stop."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: the preset's / all cores)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Run (or resume) one of the paper's experiments; writes results.json, table.md and plots."""
+    from dataclasses import replace
+
+    from dawm_env.experiments.presets import get_preset
+    from dawm_env.experiments.runner import ExperimentConfig, run_experiment
+
+    try:
+        overrides = {k: v for k, v in dict(tasks=_split_list(tasks), levels=_split_list(levels), seeds=seeds,
+                                           agent_steps=steps, eval_every=eval_every, eval_episodes=eval_episodes,
+                                           threads=threads).items() if v is not None}
+        cfg = ExperimentConfig(name=name, preset=replace(get_preset(preset), **overrides), out=out,
+                               datasets=_parse_overrides(dataset, "dataset"),
+                               bundles=_parse_overrides(bundle, "bundle"),
+                               max_cells=max_cells, device=device, progress=progress)
+        results = run_experiment(cfg, echo=typer.echo)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        _fail(err)
+    folder = f"{results['root']}/{results['experiment']}"
+    typer.echo((Path(folder) / "table.md").read_text())
+    typer.echo(f"results: {folder}/results.json")
+    if not results["complete"]:
+        typer.secho(f"incomplete: {results['counts']}; rerun the same command to continue", fg=typer.colors.YELLOW,
+                    err=True)
+        raise typer.Exit(code=1)
 
 
 @bundle_app.command("list")

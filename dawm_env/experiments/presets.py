@@ -1,0 +1,115 @@
+"""Experiment budgets: ``smoke`` (seconds, for tests), ``cpu`` (what fits 2 CPU cores) and ``paper``.
+
+A preset fixes everything about *how much* is run; *what* is run (which methods, horizons, ...) belongs to the
+experiment (:mod:`dawm_env.experiments.registry`). Every field can be overridden with
+:func:`dataclasses.replace` (the CLI does so for ``--seeds``, ``--steps``, ``--eval-episodes``, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class ExperimentPreset:
+    """The budget of an experiment run."""
+
+    name: str
+    """Preset name (``smoke``, ``cpu``, ``paper``); part of the default output folder."""
+    tasks: Optional[tuple[str, ...]] = None
+    """Tasks to run; None = the experiment's own grid (the paper's environments)."""
+    levels: Optional[tuple[str, ...]] = None
+    """Dataset levels to run; None = the experiment's own grid (the paper's datasets)."""
+    seeds: int = 5
+    """Agent seeds per cell (trained together in one process); the table reports mean ± std over them."""
+    agent_steps: int = 1_000_000
+    """Gradient steps per seed of every agent run."""
+    eval_every: int = 5000
+    """Evaluate every agent in the real env every this many steps (and at the end)."""
+    eval_episodes: int = 10
+    """Real episodes per seed per evaluation."""
+    batch_size: int = 256
+    """Agent batch size per seed."""
+    horizon: int = 7
+    """H of DAWM / DWM generation where the experiment does not vary it (the paper's 7)."""
+    horizons: tuple[int, ...] = (1, 3, 7)
+    """The horizons compared in ``table6``."""
+    dawm_t: int = 8
+    """T of DAWM-T (``table5``): it rolls out from a random 1/T of the seed pairs DAWM uses."""
+    generation_subsample: int = 1
+    """Roll out from a random 1/this of the real dataset's (s, a) pairs (1 = every pair, as the paper)."""
+    generation_repeats: int = 1
+    """Rollouts per seed pair."""
+    generation_batch_size: int = 4096
+    """Rollouts per world-model call."""
+    generation_chunk_size: int = 32768
+    """Rollouts per committed generation chunk (the unit of resume)."""
+    rtg: Optional[float] = None
+    """Return-to-go target of generation; None = the task's default (top of DWM's range)."""
+    ssorl_fraction: float = 0.5
+    """SSORL baselines: fraction of the real episodes whose actions the IDM relabels."""
+    dataset_steps: Optional[int] = None
+    """Size of real datasets built when missing: None = the builder's 1M transitions under the standard id
+    ``dawm-d4rl/<task>/<level>-v0``; a number builds ``dawm-exp/<task>/<level>-n<steps>-v0`` instead (never a
+    small dataset under the standard id)."""
+    wm_preset: str = "cpu"
+    """World-model preset (``cpu`` / ``paper``) of bundles trained when missing."""
+    wm_steps: Optional[int] = None
+    """World-model steps of bundles trained when missing (None = the preset's)."""
+    wm_batch_size: Optional[int] = None
+    """World-model batch size of bundles trained when missing (None = the preset's)."""
+    idm_steps: Optional[int] = None
+    """IDM steps of bundles trained when missing (None = the IDM default)."""
+    idm_hidden: Optional[tuple[int, ...]] = None
+    """IDM hidden sizes of bundles trained when missing (None = the paper's 1024, 1024)."""
+    idm_batch_size: Optional[int] = None
+    """IDM batch size of bundles trained when missing (None = the IDM default)."""
+    consistency_windows: int = 1024
+    """``consistency``: generated windows per (bundle, dataset) pair."""
+    threads: Optional[int] = None
+    """torch CPU threads of every stage (None = all cores)."""
+
+    def to_dict(self) -> dict:
+        """JSON-friendly dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """Names of the overridable fields."""
+        return [f.name for f in fields(cls)]
+
+
+#: Tiny: every experiment runs in seconds on the tests' fixtures (a few hundred transitions, tens of steps).
+SMOKE = ExperimentPreset(
+    name="smoke", tasks=("hopper",), levels=("medium",), seeds=2, agent_steps=20, eval_every=10, eval_episodes=1,
+    batch_size=32, horizons=(1, 3, 7), dawm_t=8, generation_subsample=4, generation_repeats=1,
+    generation_batch_size=256, generation_chunk_size=256, dataset_steps=2000, wm_steps=30, wm_batch_size=16,
+    idm_steps=60, idm_hidden=(32, 32), idm_batch_size=64, consistency_windows=32, threads=1,
+)
+
+#: What fits 2 CPU cores: hopper-medium, 3 seeds x 100k steps, generation from every real pair with H = 7
+#: (about 1M rollouts on the 1M-transition dataset: tens of minutes per generated dataset on 2 cores).
+CPU = ExperimentPreset(
+    name="cpu", tasks=("hopper",), levels=("medium",), seeds=3, agent_steps=100_000, eval_every=10_000,
+    eval_episodes=5, generation_subsample=1, generation_repeats=1, dataset_steps=None, wm_preset="cpu",
+    wm_steps=12_000, idm_steps=2000, consistency_windows=1024,
+)
+
+#: The paper's budgets (a GPU setting): its datasets, 5 seeds x 1M steps, evaluation every 5k steps with 10
+#: episodes, generation from every real pair with H = 7, DAWM-T with T = 8, the paper-size world model.
+PAPER = ExperimentPreset(
+    name="paper", tasks=None, levels=None, seeds=5, agent_steps=1_000_000, eval_every=5000, eval_episodes=10,
+    generation_subsample=1, generation_repeats=1, dataset_steps=None, wm_preset="paper", wm_steps=None,
+    idm_steps=None, consistency_windows=4096,
+)
+
+PRESETS: dict[str, ExperimentPreset] = {p.name: p for p in (SMOKE, CPU, PAPER)}
+
+
+def get_preset(name: str) -> ExperimentPreset:
+    """The preset called ``name``; ValueError listing the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,181 @@
+"""The paper's experiments as data: each is a grid of *cells* (task, level, method, horizon, ...).
+
+An agent cell is one K-seed agent run: an algorithm trained on the real dataset of ``(task, level)`` or on data
+generated from it (DAWM / DWM, at a horizon, from a fraction of the seed pairs, with an action source). A
+consistency cell evaluates one bundle's IDM on one real dataset. The runner
+(:mod:`dawm_env.experiments.runner`) turns cells into runs; identical cells of different experiments (e.g.
+DAWM-TD3BC at H = 7 in tables 2, 4, 5 and 6) share one run.
+
+=============  =========================================================================================
+table2         DAWM vs DWM, with TD3+BC and IQL (paper Table 2; DD is not implemented)
+table4         DAWM vs TD3+BC / IQL on the real data and SSORL-TD3BC / SSORL-IQL (paper Table 4)
+table5         DAWM-T (a random 1/T of the seed pairs, T = 8) vs DAWM, TD3+BC (paper Table 5)
+table6         generation horizons H = 1, 3, 7 for DAWM-TD3BC and DWM-TD3BC (paper Table 6)
+ablation-idm   actions of generated steps h >= 1 from the IDM vs uniform random vs the repeated
+               conditioning action a_t (TD3+BC; the reviewers' IDM ablation)
+consistency    IDM action error on real transitions and action consistency on generated next states,
+               in distribution (the bundle's training level) and out of distribution (other levels)
+=============  =========================================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+from dawm_env.experiments.presets import ExperimentPreset
+from dawm_env.tasks import LEVELS
+
+#: The paper's environments and datasets.
+PAPER_TASKS: tuple[str, ...] = ("hopper", "walker2d", "halfcheetah")
+PAPER_LEVELS: tuple[str, ...] = ("medium", "medium-replay", "medium-expert")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One column of an agent table: what is trained on what.
+
+    ``generated`` methods train on a dataset generated from the real one; the others on the real one.
+    """
+
+    label: str
+    """Column header (``DAWM-TD3BC``, ``DWM_3``, ...)."""
+    algo: str
+    """:class:`~agents.train.TrainAgentConfig` ``algo``: ``td3bc``, ``iql``, ``ssorl-*`` or ``dwm-*``."""
+    generated: bool = False
+    """Train on generated rollouts (DAWM: one-step TD on them; DWM: value-expansion targets from them)."""
+    horizon: Optional[int] = None
+    """H of the generated rollouts; None = the preset's ``horizon``."""
+    subsample: int = 1
+    """Extra seed-pair subsampling on top of the preset's (DAWM-T's T)."""
+    action_source: str = "idm"
+    """Actions of generated steps h >= 1: ``idm`` (DAWM), ``random`` or ``repeat`` (the IDM ablation)."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work of an experiment, with everything that decides its result."""
+
+    kind: str
+    """``agent`` (train and evaluate an agent) or ``consistency`` (evaluate a bundle's IDM)."""
+    task: str
+    """hopper / walker2d / halfcheetah."""
+    level: str
+    """Dataset level of the real data (agent) or of the bundle's training data (consistency)."""
+    method: str = ""
+    """Column label (agent cells)."""
+    algo: str = ""
+    """Agent algorithm (agent cells)."""
+    generated: bool = False
+    """Whether the agent trains on generated data."""
+    horizon: int = 7
+    """H of generated rollouts (generated cells)."""
+    subsample: int = 1
+    """Total seed-pair subsampling of generation (preset's x the method's)."""
+    action_source: str = "idm"
+    """Actions of generated steps h >= 1."""
+    data_level: str = ""
+    """Consistency cells: level of the real data the bundle is evaluated on."""
+
+    @property
+    def env(self) -> str:
+        """Row label: ``hopper-medium``."""
+        return f"{self.task}-{self.level}"
+
+    def to_dict(self) -> dict:
+        """JSON-friendly dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment: its methods (columns) per preset and its default grid."""
+
+    name: str
+    """CLI name."""
+    title: str
+    """One line for reports."""
+    kind: str
+    """``agent`` (a score table) or ``consistency``."""
+    methods: Callable[[ExperimentPreset], list[Method]]
+    """The columns under a preset (horizons and T come from the preset)."""
+    paper_tasks: tuple[str, ...] = PAPER_TASKS
+    """Tasks of the paper's table (used when the preset does not fix them)."""
+    paper_levels: tuple[str, ...] = PAPER_LEVELS
+    """Levels of the paper's table (used when the preset does not fix them)."""
+    note: str = ""
+    """What differs from the paper's table."""
+
+    def cells(self, preset: ExperimentPreset, tasks: tuple[str, ...], levels: tuple[str, ...]) -> list[Cell]:
+        """Every cell of the grid ``tasks x levels x columns`` (consistency: ``x data levels``)."""
+        out: list[Cell] = []
+        for task in tasks:
+            for level in levels:
+                if self.kind == "consistency":
+                    # the bundle's own level first (in distribution), then every other level (out of distribution)
+                    for data_level in (level, *[lv for lv in LEVELS if lv != level]):
+                        out.append(Cell(kind="consistency", task=task, level=level, data_level=data_level))
+                    continue
+                for m in self.methods(preset):
+                    out.append(Cell(
+                        kind="agent", task=task, level=level, method=m.label, algo=m.algo, generated=m.generated,
+                        horizon=(m.horizon or preset.horizon) if m.generated else 0,
+                        subsample=preset.generation_subsample * m.subsample if m.generated else 1,
+                        action_source=m.action_source if m.generated else "idm"))
+        return out
+
+
+def _table2(p: ExperimentPreset) -> list[Method]:
+    return [Method("DWM-TD3BC", "dwm-td3bc", True), Method("DAWM-TD3BC", "td3bc", True),
+            Method("DWM-IQL", "dwm-iql", True), Method("DAWM-IQL", "iql", True)]
+
+
+def _table4(p: ExperimentPreset) -> list[Method]:
+    return [Method("TD3BC", "td3bc"), Method("SSORL-TD3BC", "ssorl-td3bc"), Method("DAWM-TD3BC", "td3bc", True),
+            Method("IQL", "iql"), Method("SSORL-IQL", "ssorl-iql"), Method("DAWM-IQL", "iql", True)]
+
+
+def _table5(p: ExperimentPreset) -> list[Method]:
+    return [Method(f"DAWM-T (T={p.dawm_t})", "td3bc", True, subsample=p.dawm_t), Method("DAWM", "td3bc", True)]
+
+
+def _table6(p: ExperimentPreset) -> list[Method]:
+    out: list[Method] = []
+    for h in p.horizons:
+        out += [Method(f"DAWM_{h}", "td3bc", True, horizon=h), Method(f"DWM_{h}", "dwm-td3bc", True, horizon=h)]
+    return out
+
+
+def _ablation_idm(p: ExperimentPreset) -> list[Method]:
+    return [Method("IDM actions (DAWM)", "td3bc", True, action_source="idm"),
+            Method("random actions", "td3bc", True, action_source="random"),
+            Method("repeated a_t", "td3bc", True, action_source="repeat")]
+
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
+    Experiment("table2", "DAWM vs DWM with TD3+BC and IQL (paper Table 2)", "agent", _table2,
+               note="Decision Diffuser (the paper's DD column) is not implemented."),
+    Experiment("table4", "DAWM vs real-data TD3+BC / IQL and SSORL (paper Table 4)", "agent", _table4,
+               note="SSORL relabels a fraction of the real episodes' actions with the bundle's IDM; SSORL's "
+                    "top-K longest-trajectory filter is not applied."),
+    Experiment("table5", "DAWM-T vs DAWM: data volume (paper Table 5)", "agent", _table5,
+               paper_levels=("medium",)),
+    Experiment("table6", "DAWM vs DWM over generation horizons (paper Table 6)", "agent", _table6,
+               paper_levels=("medium",)),
+    Experiment("ablation-idm", "IDM ablation: actions of generated steps from the IDM, random, or a_t repeated",
+               "agent", _ablation_idm, paper_levels=("medium",),
+               note="Not in the paper: the reviewers' check that the IDM's actions matter."),
+    Experiment("consistency", "IDM action error and action consistency, in and out of distribution",
+               "consistency", lambda p: [], paper_levels=("medium",),
+               note="In distribution: the bundle's own training level (its held-out episodes); out of "
+                    "distribution: every other level of the task with a dataset on disk (medium-expert holds the "
+                    "medium data too, so it is only half out of distribution for a medium bundle)."),
+)}
+
+
+def get_experiment(name: str) -> Experiment:
+    """The experiment called ``name``; ValueError listing the known ones."""
+    try:
+        return EXPERIMENTS[name]
+    except KeyError:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}") from None

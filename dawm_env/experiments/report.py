@@ -1,0 +1,287 @@
+"""Reports of demo and experiment runs: score formatting, markdown tables and matplotlib plots.
+
+Everything here reads plain dicts (an agent run's ``results.json`` / ``curves.json``, the experiment
+runner's cell records) so reports can be rebuilt from disk without loading a model or a dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Shown in a table cell without a result (not run yet, or the method is unavailable).
+MISSING = "n/a"
+
+
+def format_score(stats: Optional[Mapping], digits: int = 1) -> str:
+    """``"mean ± std"`` of an :func:`agents.evaluation.aggregate` dict; :data:`MISSING` for None."""
+    if not stats:
+        return MISSING
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A GitHub markdown table (first column left-aligned, the others right-aligned)."""
+    lines = ["| " + " | ".join(str(h) for h in header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def average_row(per_row_means: Sequence[Sequence[Optional[float]]]) -> list[Optional[float]]:
+    """Column-wise mean over rows of per-row mean scores; None for a column with any missing entry
+    (an average over a subset of environments would not compare with the other columns)."""
+    if not per_row_means:
+        return []
+    cols = list(zip(*per_row_means))
+    return [None if any(v is None for v in col) else float(np.mean(col)) for col in cols]
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed), or None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is a dependency
+        log.warning("matplotlib is not installed: no plots")
+        return None
+    return plt
+
+
+def curve_stats(curves: Mapping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(steps, mean, std)`` over seeds of an agent run's ``curves.json`` (normalised scores)."""
+    steps = np.asarray(curves["steps"], dtype=np.int64)
+    per_seed = np.asarray([curves["normalized"][str(s)] for s in curves["seeds"]], dtype=np.float64)  # (K, E)
+    if per_seed.size == 0:
+        return steps, np.zeros(0), np.zeros(0)
+    return steps, per_seed.mean(0), per_seed.std(0)
+
+
+def plot_learning_curves(series: Mapping[str, Mapping], path: Path, title: str, ylabel: str = "normalised score"
+                         ) -> Optional[Path]:
+    """One mean ± std band per labelled run (``{label: curves.json dict}``) into ``path`` (PNG).
+
+    Returns:
+        ``path``, or None when there was nothing to draw or no matplotlib.
+    """
+    plt = _pyplot()
+    series = {k: v for k, v in series.items() if v and v.get("steps")}
+    if plt is None or not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, curves in series.items():
+        steps, mean, std = curve_stats(curves)
+        ax.plot(steps, mean, label=f"{label} ({len(curves['seeds'])} seeds)")
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("gradient steps")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_grouped_bars(groups: Sequence[str], labels: Sequence[str], means: Sequence[Sequence[Optional[float]]],
+                      stds: Sequence[Sequence[Optional[float]]], path: Path, title: str, ylabel: str
+                      ) -> Optional[Path]:
+    """Grouped bar chart: one group per entry of ``groups``, one bar per label, error bars = ``stds``.
+
+    ``means[g][l]`` / ``stds[g][l]`` may be None (drawn as an empty slot).
+    """
+    plt = _pyplot()
+    if plt is None or not groups or not labels:
+        return None
+    n_g, n_l = len(groups), len(labels)
+    width = 0.8 / n_l
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + n_g * n_l * 0.45), 4.2))
+    x = np.arange(n_g)
+    for j, label in enumerate(labels):
+        m = np.array([np.nan if means[g][j] is None else means[g][j] for g in range(n_g)], dtype=float)
+        has_err = any(stds[g][j] is not None for g in range(n_g))
+        s = np.array([0.0 if stds[g][j] is None else stds[g][j] for g in range(n_g)], dtype=float)
+        ax.bar(x - 0.4 + width * (j + 0.5), m, width, yerr=s if has_err else None, capsize=3, label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels(groups, rotation=20 if n_g > 3 else 0, ha="right" if n_g > 3 else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_lines(xs: Sequence[float], series: Mapping[str, tuple[Sequence[Optional[float]], Sequence[Optional[float]]]],
+               path: Path, title: str, xlabel: str, ylabel: str) -> Optional[Path]:
+    """Lines with error bars: ``{label: (means, stds)}`` over ``xs`` (None entries are skipped)."""
+    plt = _pyplot()
+    if plt is None or not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for label, (means, stds) in series.items():
+        pts = [(x, m, s or 0.0) for x, m, s in zip(xs, means, stds) if m is not None]
+        if pts:
+            px, pm, ps = zip(*pts)
+            ax.errorbar(px, pm, yerr=ps, marker="o", capsize=3, label=label)
+    ax.set_xticks(list(xs))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# --- experiment reports -------------------------------------------------------------------------------
+RESULTS_FILE, TABLE_FILE = "results.json", "table.md"
+
+
+def _score_grid(records: list[dict], envs: list[str], methods: list[str], which: str) -> list[list[Optional[dict]]]:
+    """``grid[env][method]`` = the ``which`` (``last`` / ``best``) score dict of a finished cell, or None."""
+    done = {(r["cell"]["task"] + "-" + r["cell"]["level"], r["cell"]["method"]): r[which]
+            for r in records if r["status"] == "done"}
+    return [[done.get((e, m)) for m in methods] for e in envs]
+
+
+def _ordered(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def agent_table(results: dict) -> str:
+    """``table.md`` of an agent experiment: last and best score tables, the budget, unfinished cells."""
+    records = results["cells"]
+    envs = _ordered(r["cell"]["task"] + "-" + r["cell"]["level"] for r in records)
+    methods = _ordered(r["cell"]["method"] for r in records)
+    p = results["preset"]
+    lines = [f"# {results['experiment']}: {results['title']}", "",
+             f"Preset `{p['name']}`: {p['seeds']} seed(s) x {p['agent_steps']} gradient steps, evaluation every "
+             f"{p['eval_every']} steps with {p['eval_episodes']} real episode(s) per seed; generation H = "
+             f"{p['horizon']} (table6: {', '.join(map(str, p['horizons']))}), from 1/{p['generation_subsample']} of "
+             f"the real (s, a) pairs x {p['generation_repeats']} rollout(s).", "",
+             "Scores: D4RL-normalised returns (x100) on the Gymnasium `-v5` envs, mean ± std (population) over "
+             "seeds, on dawm's self-built D4RL-style datasets: not comparable with the paper's D4RL v2 numbers.", ""]
+    for which, title in (("last", "Last evaluation"), ("best", "Best evaluation (per seed, over the learning curve)")):
+        grid = _score_grid(records, envs, methods, which)
+        rows = [[e] + [format_score(s) for s in row] for e, row in zip(envs, grid)]
+        if len(envs) > 1:
+            avg = average_row([[None if s is None else s["mean"] for s in row] for row in grid])
+            rows.append(["average"] + [MISSING if a is None else f"{a:.1f}" for a in avg])
+        lines += [f"## {title}", "", markdown_table(["env", *methods], rows), ""]
+    lines += _status_lines(results)
+    return "\n".join(lines)
+
+
+def _status_lines(results: dict) -> list[str]:
+    lines = []
+    open_cells = [r for r in results["cells"] if r["status"] != "done"]
+    if open_cells:
+        lines += ["## Cells without a result", ""]
+        for r in open_cells:
+            c = r["cell"]
+            what = c.get("method") or f"on {c.get('data_level')}"
+            reason = f" ({r['reason']})" if r.get("reason") else ""
+            lines.append(f"- {c['task']}-{c['level']} {what}: {r['status']}{reason}")
+        lines.append("")
+    if results.get("note"):
+        lines += [f"Note: {results['note']}", ""]
+    lines.append(f"Updated {results['updated']}; runs and records under `{results['root']}`.")
+    lines.append("")
+    return lines
+
+
+def consistency_table(results: dict) -> str:
+    """``table.md`` of the consistency experiment."""
+    done = [r for r in results["cells"] if r["status"] == "done"]
+    header = ["task", "bundle level", "data level", "split", "IDM action MAE (real)", "IDM NLL (real)",
+              "action consistency MAE (generated s')", "state MSE (norm., mean over h)", "reward MAE", "windows"]
+    rows = []
+    for r in done:
+        c, m = r["cell"], r["metrics"]
+        split = "in distribution" if r["in_distribution"] else "out of distribution"
+        rows.append([c["task"], c["level"], c["data_level"], split,
+                     f"{m['idm_action_mae']:.3f}", f"{m['idm_nll']:.2f}", f"{m['action_consistency_mae']:.3f}",
+                     f"{m['state_mse_mean']:.3f}", f"{m['reward_mae']:.3f}", m["heldout_windows"]])
+    lines = [f"# {results['experiment']}: {results['title']}", "",
+             "IDM action MAE / NLL: the bundle's IDM on real (s_{t-1}, s_t, s_{t+1}) of the data (in distribution: the "
+             "episodes held out from the bundle's training). Action consistency: MAE between IDM(s_{t-1}, s_t, "
+             "generated s_{t+1}) and the real a_t the world model was conditioned on (generation conditioned on the "
+             "window's real return-to-go). Actions lie in [-1, 1].", "",
+             markdown_table(header, rows) if rows else "(no finished cell)", ""]
+    lines += _status_lines(results)
+    return "\n".join(lines)
+
+
+def write_experiment_report(exp, results: dict, folder: Path) -> list[str]:
+    """Write ``results.json``, ``table.md`` and the plots of an experiment into ``folder``; returns the plot names."""
+    from dawm_env.paths import atomic_write_json, atomic_write_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    plots: list[Optional[Path]] = []
+    if exp.kind == "consistency":
+        table = consistency_table(results)
+        done = [r for r in results["cells"] if r["status"] == "done"]
+        bundles = _ordered(f"{r['cell']['task']}-{r['cell']['level']}" for r in done)
+        groups = [(f"{r['cell']['task']}-{r['cell']['level']}: " if len(bundles) > 1 else "")
+                  + f"{r['cell']['data_level']} ({'ID' if r['in_distribution'] else 'OOD'})" for r in done]
+        vals = [[r["metrics"]["idm_action_mae"], r["metrics"]["action_consistency_mae"]] for r in done]
+        plots.append(plot_grouped_bars(groups, ["IDM action MAE (real s')", "action consistency MAE (generated s')"],
+                                       vals, [[None, None]] * len(vals), folder / "consistency.png",
+                                       f"IDM action error, bundle {', '.join(bundles)}",
+                                       "MAE (actions in [-1, 1])"))
+    else:
+        table = agent_table(results)
+        plots += _agent_plots(exp, results, folder)
+    results["plots"] = [p.name for p in plots if p is not None]
+    atomic_write_json(folder / RESULTS_FILE, results)
+    atomic_write_text(folder / TABLE_FILE, table)
+    return results["plots"]
+
+
+def _agent_plots(exp, results: dict, folder: Path) -> list[Optional[Path]]:
+    import json
+
+    records = results["cells"]
+    envs = _ordered(r["cell"]["task"] + "-" + r["cell"]["level"] for r in records)
+    methods = _ordered(r["cell"]["method"] for r in records)
+    grid = _score_grid(records, envs, methods, "last")
+    means = [[None if s is None else s["mean"] for s in row] for row in grid]
+    stds = [[None if s is None else s["std"] for s in row] for row in grid]
+    plots = [plot_grouped_bars(envs, methods, means, stds, folder / "scores.png",
+                               f"{exp.name}: last normalised score (mean ± std over seeds)", "normalised score")]
+    for env in envs:
+        series = {}
+        for r in records:
+            if r["status"] == "done" and r["cell"]["task"] + "-" + r["cell"]["level"] == env:
+                try:
+                    series[r["cell"]["method"]] = json.loads((Path(r["run_dir"]) / "curves.json").read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+        plots.append(plot_learning_curves(series, folder / f"curves-{env}.png", f"{exp.name}: {env}"))
+    if exp.name == "table6":  # the paper's question: does the horizon matter, for DAWM and DWM?
+        hs = list(results["preset"]["horizons"])
+        series = {}
+        for e_i, env in enumerate(envs):
+            for family in ("DAWM", "DWM"):
+                idx = [methods.index(f"{family}_{h}") if f"{family}_{h}" in methods else None for h in hs]
+                series[f"{env} {family}"] = ([None if i is None else means[e_i][i] for i in idx],
+                                             [None if i is None else stds[e_i][i] for i in idx])
+        plots.append(plot_lines(hs, series, folder / "horizons.png", "table6: score over generation horizon",
+                                "H (generated transitions per rollout)", "last normalised score"))
+    return plots

@@ -1,0 +1,394 @@
+"""Run an experiment's cells resumably: resolve or create data and bundles, train, evaluate, report.
+
+Output root ``OUT`` (default ``$DAWM_HOME/experiments/<preset>``), shared by every experiment run there::
+
+    OUT/<experiment>/results.json   every cell's record (finished or not) + the preset
+    OUT/<experiment>/table.md       mean ± std over seeds of the last and the best normalised score
+    OUT/<experiment>/*.png          bar chart of the scores, learning curves per environment (+ per-experiment plots)
+    OUT/cells/<key>.json            a finished cell's record: written last, it marks the cell done
+    OUT/runs/<key>/                 the cell's agent run (checkpoint, curves, results): resumes after a kill
+    OUT/bundles/<task>-<level>/     bundles trained here because none existed
+
+A cell's ``key`` hashes everything that decides its result except the step budget (so raising ``agent_steps``
+continues the runs); identical cells of different experiments share their key, run and record. A killed
+experiment, rerun, skips finished cells, resumes the interrupted agent run from its checkpoint and an
+interrupted generation from its committed chunks.
+
+What a cell needs is created when missing:
+
+- real data ``dawm-d4rl/<task>/<level>-v0`` (built like ``dawm data build``; a preset with ``dataset_steps``
+  builds ``dawm-exp/<task>/<level>-n<steps>-v0`` instead), unless ``datasets`` maps ``task/level`` elsewhere;
+- the bundle of ``(task, level)``: ``bundles`` override, else a bundle named ``<task>-<level>`` (shipped or in
+  ``$DAWM_HOME/bundles``), else ``$DAWM_HOME/runs/<task>-<level>`` when it holds a finished bundle, else one is
+  trained into ``OUT/bundles/<task>-<level>`` with the preset's world-model / IDM budgets;
+- generated data ``dawm-exp/<task>/<level>-h<H>[-sub<n>][-<actions>]-<hash>-v0`` (:func:`generate_dataset`;
+  ``sub<n>``: from 1/n of the seed pairs; the hash covers the real data, the bundle and every generation setting).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+from dawm_env.experiments.presets import ExperimentPreset
+from dawm_env.experiments.registry import Cell, Experiment, get_experiment
+from dawm_env.paths import atomic_write_json, dawm_home
+from dawm_env.tasks import LEVELS, get_task
+
+log = logging.getLogger(__name__)
+
+EXP_NAMESPACE = "dawm-exp"
+CELLS_DIR, RUNS_DIR, BUNDLES_DIR = "cells", "runs", "bundles"
+#: Status of a cell record. ``done``: finished (stored); ``pending``: not run yet (``max_cells``);
+#: ``unavailable``: needs a feature this dawm lacks (NotImplementedError); ``skipped``: optional input missing.
+STATUSES = ("done", "pending", "unavailable", "skipped")
+
+
+@dataclass
+class ExperimentConfig:
+    """One ``dawm experiment`` call."""
+
+    name: str
+    """Experiment (:data:`~dawm_env.experiments.registry.EXPERIMENTS`): table2, table4, ..., consistency."""
+    preset: ExperimentPreset
+    """The budget (already carrying any CLI overrides)."""
+    out: Optional[str] = None
+    """Output root shared by experiments; None = ``$DAWM_HOME/experiments/<preset name>``."""
+    datasets: dict[str, str] = field(default_factory=dict)
+    """``{"task/level": source}``: use this real dataset (Minari id or file) instead of the standard one."""
+    bundles: dict[str, str] = field(default_factory=dict)
+    """``{"task/level": bundle}``: use this bundle (name or folder) for that task and level."""
+    device: str = "cpu"
+    """Torch device of generation, training and evaluation."""
+    max_cells: Optional[int] = None
+    """Run at most this many unfinished cells in this call, then write the report and stop (time-boxing)."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        get_experiment(self.name)
+        for what, mapping in (("dataset", self.datasets), ("bundle", self.bundles)):
+            for key in mapping:
+                task, _, level = key.partition("/")
+                get_task(task)
+                if level not in LEVELS:
+                    raise ValueError(f"{what} override {key!r}: expected TASK/LEVEL with a level in "
+                                     f"{', '.join(LEVELS)}")
+        if self.max_cells is not None and self.max_cells < 0:
+            raise ValueError(f"max_cells must be >= 0, got {self.max_cells}")
+
+    @property
+    def root(self) -> Path:
+        """The output root."""
+        return Path(self.out).expanduser() if self.out else dawm_home() / "experiments" / self.preset.name
+
+
+def _hash(obj: object, n: int = 10) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _data_tag(cell: Cell) -> str:
+    """Readable part of a generated cell's names: ``h7``, ``h7-sub8`` (1/8 of the seed pairs), ``h7-random``."""
+    tag = f"h{cell.horizon}" + (f"-sub{cell.subsample}" if cell.subsample > 1 else "")
+    return tag + (f"-{_slug(cell.action_source)}" if cell.action_source != "idm" else "")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Workspace:
+    """Resolves and creates what cells need, and runs cells. Cheap lookups (ids, folders, keys) never build
+    anything; the ``ensure_*`` methods do."""
+
+    def __init__(self, cfg: ExperimentConfig, echo: Callable[[str], None] = print) -> None:
+        self.cfg, self.p, self.echo = cfg, cfg.preset, echo
+        self.root = cfg.root
+        self._bundle_hashes: dict[str, str] = {}
+
+    # --- real data --------------------------------------------------------------------------------
+    def real_source(self, task: str, level: str) -> str:
+        """The real dataset of ``(task, level)``: the override, else the preset's standard id (may not exist yet)."""
+        from dawm_env.data.build import default_dataset_id
+
+        override = self.cfg.datasets.get(f"{task}/{level}")
+        if override:
+            return override
+        if self.p.dataset_steps is None:
+            return default_dataset_id(task, level)
+        return f"{EXP_NAMESPACE}/{get_task(task).name}/{level}-n{self.p.dataset_steps}-v0"
+
+    def existing_real_source(self, task: str, level: str) -> Optional[str]:
+        """A real dataset of ``(task, level)`` that is on disk (the preset's, else the standard id), or None."""
+        from dawm_env.data.build import default_dataset_id
+        from dawm_env.data.minari_io import dataset_exists
+
+        source = self.real_source(task, level)
+        if f"{task}/{level}" in self.cfg.datasets:
+            return source
+        for candidate in (source, default_dataset_id(task, level)):
+            if dataset_exists(candidate):
+                return candidate
+        return None
+
+    def ensure_real(self, task: str, level: str) -> str:
+        """The real dataset of ``(task, level)``, built with the D4RL-style builder when missing."""
+        from dawm_env.data.build import BuildConfig, build_dataset
+        from dawm_env.data.minari_io import dataset_exists
+
+        source = self.real_source(task, level)
+        if f"{task}/{level}" in self.cfg.datasets or dataset_exists(source):
+            return source
+        steps = self.p.dataset_steps or 1_000_000
+        self.echo(f"building real dataset {source} ({steps} transitions)")
+        return build_dataset(BuildConfig(task=task, level=level, steps=steps, dataset_id=source),
+                             progress=self.cfg.progress)
+
+    # --- bundles ----------------------------------------------------------------------------------
+    def bundle_dir(self, task: str, level: str) -> Path:
+        """Where the bundle of ``(task, level)`` is, or will be trained (see the module docstring)."""
+        from dawm_env.world_model.bundle import bundle_roots, resolve_bundle
+
+        override = self.cfg.bundles.get(f"{task}/{level}")
+        if override:
+            return resolve_bundle(override).resolve()
+        name = f"{get_task(task).name}-{level}"
+        for candidate in [r / name for r in bundle_roots()] + [dawm_home() / "runs" / name]:
+            if (candidate / "bundle.json").is_file():
+                return candidate.resolve()
+        return (self.root / BUNDLES_DIR / name).resolve()
+
+    def ensure_bundle(self, task: str, level: str) -> Path:
+        """The bundle folder of ``(task, level)``, trained with the preset's budgets when none exists."""
+        from dawm_env.world_model.bundle import assemble_bundle
+
+        path = self.bundle_dir(task, level)
+        if (path / "bundle.json").is_file():
+            return path
+        from training.idm import IDMTrainConfig, train_idm
+        from training.world_model import WorldModelTrainConfig, train_world_model
+
+        real = self.ensure_real(task, level)
+        p = self.p
+        self.echo(f"training a bundle for {task}-{level} into {path} (world model preset {p.wm_preset})")
+        train_world_model(WorldModelTrainConfig(
+            dataset=real, out=str(path), preset=p.wm_preset, steps=p.wm_steps, batch_size=p.wm_batch_size,
+            device=self.cfg.device, threads=p.threads, progress=self.cfg.progress))
+        train_idm(IDMTrainConfig(dataset=real, out=str(path), steps=p.idm_steps, hidden=p.idm_hidden,
+                                 batch_size=p.idm_batch_size, device=self.cfg.device, threads=p.threads,
+                                 progress=self.cfg.progress))
+        assemble_bundle(path, eval_windows=min(1024, p.consistency_windows))
+        return path
+
+    def bundle_hash(self, path: Path) -> str:
+        """sha256 of a bundle's files (cached)."""
+        from dawm_env.generation import bundle_hash
+
+        key = str(path)
+        if key not in self._bundle_hashes:
+            self._bundle_hashes[key] = bundle_hash(path)
+        return self._bundle_hashes[key]
+
+    # --- generated data ---------------------------------------------------------------------------
+    def generation_settings(self, cell: Cell) -> dict:
+        """Every setting that decides a cell's generated data (its id hashes them)."""
+        p = self.p
+        return {"real": self.real_source(cell.task, cell.level), "bundle": str(self.bundle_dir(cell.task, cell.level)),
+                "horizon": cell.horizon, "subsample": cell.subsample, "repeats": p.generation_repeats, "rtg": p.rtg,
+                "batch_size": p.generation_batch_size, "chunk_size": p.generation_chunk_size, "seed": 0,
+                "action_source": cell.action_source, "device_type": self.cfg.device.split(":")[0]}
+
+    def generated_id(self, cell: Cell) -> str:
+        """The Minari id of a generated cell's data (deterministic; see the module docstring)."""
+        return (f"{EXP_NAMESPACE}/{get_task(cell.task).name}/{cell.level}-{_data_tag(cell)}-"
+                f"{_hash(self.generation_settings(cell), 8)}-v0")
+
+    def ensure_generated(self, cell: Cell, real: str, bundle: Path) -> str:
+        """Generate a cell's data when missing (resuming an interrupted generation); returns its id.
+
+        Raises:
+            NotImplementedError: an action source other than the IDM with a generator that lacks ``action_source``.
+            ValueError: an existing dataset of this id made with a different bundle.
+        """
+        from dawm_env.data.minari_io import dataset_exists, read_provenance
+        from dawm_env.generation import GenerateConfig, generate_dataset
+
+        gen_id = self.generated_id(cell)
+        if dataset_exists(gen_id):
+            made_with = read_provenance(gen_id).get("bundle", {}).get("hash")
+            if made_with and made_with != self.bundle_hash(bundle):
+                raise ValueError(f"{gen_id} was generated with another version of bundle {bundle}; delete it "
+                                 f"(minari delete {gen_id}) to regenerate")
+            return gen_id
+        kwargs: dict = {}
+        if cell.action_source != "idm":  # only pass it when needed: older generators have no such field
+            if "action_source" not in {f.name for f in fields(GenerateConfig)}:
+                raise NotImplementedError("GenerateConfig has no action_source: the IDM ablation needs it")
+            kwargs["action_source"] = cell.action_source
+        p = self.p
+        self.echo(f"generating {gen_id}")
+        return generate_dataset(GenerateConfig(
+            bundle=str(bundle), seed_dataset=real, out=gen_id, horizon=cell.horizon, rtg=p.rtg,
+            subsample=cell.subsample, repeats=p.generation_repeats, device=self.cfg.device, seed=0,
+            batch_size=p.generation_batch_size, chunk_size=p.generation_chunk_size, threads=p.threads,
+            progress=self.cfg.progress, **kwargs))
+
+    # --- cells ------------------------------------------------------------------------------------
+    def cell_key(self, cell: Cell) -> str:
+        """Folder-safe key of everything that decides a cell's result except the step budget."""
+        p = self.p
+        if cell.kind == "consistency":
+            ident = {"kind": "consistency", "bundle": str(self.bundle_dir(cell.task, cell.level)),
+                     "data": self.real_source(cell.task, cell.data_level), "windows": p.consistency_windows}
+            return f"consistency-{cell.task}-{cell.level}-on-{cell.data_level}-{_hash(ident)}"
+        ident = {"kind": "agent", "algo": cell.algo, "task": cell.task, "level": cell.level,
+                 "real": self.real_source(cell.task, cell.level),
+                 "generated": self.generated_id(cell) if cell.generated else None,
+                 "seeds": p.seeds, "batch_size": p.batch_size, "eval_episodes": p.eval_episodes}
+        if cell.algo.startswith("ssorl-"):
+            ident.update(bundle=str(self.bundle_dir(cell.task, cell.level)), ssorl_fraction=p.ssorl_fraction)
+        data = _data_tag(cell) if cell.generated else "real"
+        return f"{cell.task}-{cell.level}-{cell.algo}-{data}-{_hash(ident)}"
+
+    def record_path(self, key: str) -> Path:
+        """Where a finished cell's record lives."""
+        return self.root / CELLS_DIR / f"{key}.json"
+
+    def finished_record(self, cell: Cell, key: str) -> Optional[dict]:
+        """The stored record of a finished cell, or None (missing, or trained with a different step budget)."""
+        try:
+            rec = json.loads(self.record_path(key).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if rec.get("status") != "done":
+            return None
+        if cell.kind == "agent" and rec.get("steps") != self.p.agent_steps:
+            return None
+        return rec
+
+    def run_cell(self, cell: Cell, key: str) -> dict:
+        """Run one cell; a finished one's record is stored (and returned)."""
+        rec = self._run_agent(cell, key) if cell.kind == "agent" else self._run_consistency(cell, key)
+        if rec["status"] == "done":
+            atomic_write_json(self.record_path(key), rec)
+        return rec
+
+    def _run_agent(self, cell: Cell, key: str) -> dict:
+        from agents.train import TrainAgentConfig, train_agent
+
+        p, t0 = self.p, time.perf_counter()
+        real = self.ensure_real(cell.task, cell.level)
+        needs_bundle = cell.generated or cell.algo.startswith("ssorl-")
+        bundle = self.ensure_bundle(cell.task, cell.level) if needs_bundle else None
+        gen_id = self.ensure_generated(cell, real, bundle) if cell.generated else None
+        run_dir = self.root / RUNS_DIR / key
+        kwargs: dict = dict(
+            algo=cell.algo, dataset=real, out=str(run_dir), synthetic=gen_id, steps=p.agent_steps, seeds=p.seeds,
+            batch_size=p.batch_size, eval_every=min(p.eval_every, p.agent_steps), eval_episodes=p.eval_episodes,
+            level=cell.level, device=self.cfg.device, threads=p.threads, progress=self.cfg.progress)
+        if cell.algo.startswith("ssorl-"):
+            kwargs.update(bundle=str(bundle), ssorl_fraction=p.ssorl_fraction)
+        train_agent(TrainAgentConfig(**kwargs))  # NotImplementedError for algorithms this dawm lacks
+        res = json.loads((run_dir / "results.json").read_text())
+        return {"status": "done", "key": key, "cell": cell.to_dict(), "real_dataset": real, "generated_dataset": gen_id,
+                "bundle": str(bundle) if bundle else None, "run_dir": str(run_dir), "steps": res["steps"],
+                "seeds": res["seeds"], "eval_episodes": res["eval_episodes"], "last": res["last"], "best": res["best"],
+                "train_seconds": res.get("train_seconds"), "eval_seconds": res.get("eval_seconds"),
+                "wall_seconds_this_call": time.perf_counter() - t0, "finished": _now()}
+
+    def _run_consistency(self, cell: Cell, key: str) -> dict:
+        from dawm_env.data.loading import load_dataset
+        from dawm_env.world_model.bundle import Bundle
+        from dawm_env.world_model.evaluation import evaluate_bundle
+        from training.common import setup_torch
+
+        in_dist = cell.data_level == cell.level
+        base = {"key": key, "cell": cell.to_dict(), "in_distribution": in_dist}
+        if in_dist:
+            source: Optional[str] = self.ensure_real(cell.task, cell.data_level)
+        else:
+            source = self.existing_real_source(cell.task, cell.data_level)
+            if source is None:
+                return {**base, "status": "skipped", "reason": f"no {cell.task} {cell.data_level} dataset on disk "
+                        f"(dawm data build --task {cell.task} --level {cell.data_level}, or --dataset)"}
+        bundle_path = self.ensure_bundle(cell.task, cell.level)
+        device = setup_torch(self.cfg.device, self.p.threads)
+        bundle = Bundle.load(bundle_path, device, expect_task=cell.task)
+        data = load_dataset(source)
+        t0 = time.perf_counter()
+        metrics = evaluate_bundle(bundle, data, n_windows=self.p.consistency_windows, seed=0)
+        return {**base, "status": "done", "bundle": str(bundle_path), "bundle_dataset": bundle.meta.get("dataset"),
+                "data": source, "data_transitions": data.num_transitions,
+                "same_data_as_bundle": data.fingerprint() == bundle.meta.get("dataset_fingerprint"),
+                "metrics": metrics, "seconds": time.perf_counter() - t0, "finished": _now()}
+
+
+def resolve_grid(exp: Experiment, preset: ExperimentPreset) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Tasks and levels of a run: the preset's, else the experiment's paper grid; validated."""
+    tasks = tuple(get_task(t).name for t in (preset.tasks or exp.paper_tasks))
+    levels = tuple(preset.levels or exp.paper_levels)
+    bad = [lv for lv in levels if lv not in LEVELS]
+    if bad:
+        raise ValueError(f"unknown level(s) {bad}; choose from {', '.join(LEVELS)}")
+    return tasks, levels
+
+
+def run_experiment(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -> dict:
+    """Run (or resume) an experiment; writes and returns its ``results.json`` content.
+
+    Finished cells are reused; at most ``cfg.max_cells`` unfinished cells run. The report is written even when
+    a cell raises (then the error propagates): what finished is kept and shown.
+    """
+    from tqdm.auto import tqdm
+
+    from dawm_env.experiments.report import write_experiment_report
+
+    exp = get_experiment(cfg.name)
+    tasks, levels = resolve_grid(exp, cfg.preset)
+    ws = Workspace(cfg, echo)
+    cells = exp.cells(cfg.preset, tasks, levels)
+    folder = ws.root / exp.name
+    echo(f"{exp.name}: {exp.title}; preset {cfg.preset.name}, {len(cells)} cells, output {folder}")
+    records: list[dict] = []
+    ran = 0
+    bar = tqdm(cells, desc=exp.name, unit="cell", disable=not cfg.progress)
+    try:
+        for cell in bar:
+            key = ws.cell_key(cell)
+            rec = ws.finished_record(cell, key)
+            if rec is not None:
+                records.append(rec)
+                continue
+            if cfg.max_cells is not None and ran >= cfg.max_cells:
+                records.append({"status": "pending", "key": key, "cell": cell.to_dict()})
+                continue
+            ran += 1
+            bar.set_postfix_str(f"{cell.env} {cell.method or cell.data_level}")
+            try:
+                rec = ws.run_cell(cell, key)
+            except NotImplementedError as err:
+                log.warning("%s %s: unavailable (%s)", cell.env, cell.method, err)
+                rec = {"status": "unavailable", "key": key, "cell": cell.to_dict(), "reason": str(err)}
+            records.append(rec)
+    finally:
+        bar.close()
+        results = {
+            "experiment": exp.name, "title": exp.title, "note": exp.note, "preset": cfg.preset.to_dict(),
+            "tasks": list(tasks), "levels": list(levels), "root": str(ws.root), "device": cfg.device,
+            "complete": len(records) == len(cells) and all(r["status"] in ("done", "skipped") for r in records),
+            "counts": {s: sum(r["status"] == s for r in records) for s in STATUSES}, "cells": records,
+            "updated": _now(),
+        }
+        write_experiment_report(exp, results, folder)
+    return results

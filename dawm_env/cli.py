@@ -101,7 +101,9 @@ def generate_cmd(
     rtg: Optional[float] = typer.Option(None, help="Return-to-go target (default: top of the task's DWM range)."),
     guidance: Optional[float] = typer.Option(None, help="Guidance weight (default: the bundle's)."),
     subsample: int = typer.Option(1, help="DAWM-T: keep a random 1/T of the seed pairs."),
-    repeats: int = typer.Option(1, help="Rollouts per seed pair (8 for 8x the seed data)."),
+    repeats: int = typer.Option(1, help="Rollouts per seed pair, each with its own noise."),
+    action_source: str = typer.Option(
+        "idm", help="Actions of generated steps: idm (DAWM), random or repeat (the conditioning action; ablations)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     shard: Optional[str] = typer.Option(None, help="i/n: generate shard i of n (they combine into one dataset)."),
     seed: int = typer.Option(0, help="Generation seed."),
@@ -117,7 +119,7 @@ def generate_cmd(
         dataset_id = generate_dataset(GenerateConfig(
             bundle=bundle, seed_dataset=seed_dataset, out=out, horizon=horizon, rtg=rtg, guidance=guidance,
             subsample=subsample, repeats=repeats, device=device, shard=shard, seed=seed, batch_size=batch_size,
-            overwrite=overwrite, restart=restart, progress=progress))
+            action_source=action_source, overwrite=overwrite, restart=restart, progress=progress))
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         _fail(err)
     typer.echo(dataset_id)
@@ -181,12 +183,20 @@ def train_idm_cmd(
 
 @train_app.command("agent")
 def train_agent_cmd(
-    algo: str = typer.Option(..., help="td3bc, iql, ssorl-td3bc or ssorl-iql (dwm-td3bc / dwm-iql: not yet)."),
+    algo: str = typer.Option(..., help="td3bc, iql, dwm-td3bc, dwm-iql, ssorl-td3bc or ssorl-iql."),
     dataset: str = typer.Option(..., help="Real dataset (Minari id, D4RL hdf5 or npz): data, normaliser, eval env."),
-    synthetic: Optional[str] = typer.Option(None, help="Synthetic (DAWM) Minari dataset to train on."),
-    real_fraction: Optional[float] = typer.Option(None, help="With --synthetic: fraction of each batch from real data."),
-    bundle: Optional[str] = typer.Option(None, help="Bundle (SSORL's IDM)."),
+    synthetic: Optional[str] = typer.Option(
+        None, help="Generated dataset (dawm generate) to train on; dwm-* read its rollouts' states and rewards."),
+    real_fraction: Optional[float] = typer.Option(
+        None, help="With --synthetic or --online: fraction of each batch from real data."),
+    bundle: Optional[str] = typer.Option(None, help="Bundle: SSORL's IDM, or the generator of --online."),
     ssorl_fraction: float = typer.Option(0.5, help="SSORL: fraction of trajectories whose actions the IDM relabels."),
+    mve_horizon: Optional[int] = typer.Option(
+        None, help="dwm-*: value-expansion steps (default: the whole generated rollout)."),
+    online: bool = typer.Option(
+        False, help="Train on transitions generated on the fly from --bundle (the paper's Algorithm 1)."),
+    online_pool: int = typer.Option(20_000, help="--online: rollouts kept in the generated pool."),
+    online_refresh_every: int = typer.Option(1000, help="--online: regenerate one block of the pool every N steps."),
     steps: int = typer.Option(1_000_000, help="Gradient steps per seed."),
     seeds: int = typer.Option(5, help="Seeds, trained together in one process."),
     seed: int = typer.Option(0, help="First seed."),
@@ -194,6 +204,7 @@ def train_agent_cmd(
     eval_episodes: int = typer.Option(10, help="Real episodes per evaluation and seed."),
     out: str = typer.Option(..., help="Run folder (rerun the same command to resume)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train an offline agent (several seeds at once) and evaluate it in the real MuJoCo env."""
@@ -203,7 +214,8 @@ def train_agent_cmd(
         path = train_agent(TrainAgentConfig(
             algo=algo, dataset=dataset, out=out, synthetic=synthetic, real_fraction=real_fraction, steps=steps,
             seeds=seeds, seed=seed, eval_every=eval_every, eval_episodes=eval_episodes, bundle=bundle,
-            ssorl_fraction=ssorl_fraction, device=device, progress=progress))
+            ssorl_fraction=ssorl_fraction, mve_horizon=mve_horizon, online=online, online_pool=online_pool,
+            online_refresh_every=online_refresh_every, device=device, threads=threads, progress=progress))
     except (ValueError, FileNotFoundError, NotImplementedError) as err:
         _fail(err)
     typer.echo(str(path))

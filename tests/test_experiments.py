@@ -191,3 +191,18 @@ def test_experiment_cli_time_boxed_then_resumed(overrides, tmp_path):
     assert bad.exit_code == 2 and "TASK/LEVEL=VALUE" in bad.output
     bad = runner.invoke(app, ["experiment", "table7", "--preset", "smoke"])
     assert bad.exit_code == 2 and "unknown experiment" in bad.output
+
+
+def test_an_equal_generated_dataset_under_another_id_is_reused(overrides, tmp_path):
+    from dawm_env.generation import GenerateConfig, generate_dataset
+
+    ws = Workspace(_cfg("table2", overrides, tmp_path / "exp"))
+    cell = next(c for c in EXPERIMENTS["table2"].cells(ws.p, ("hopper",), ("random",)) if c.method == "DAWM-TD3BC")
+    real, bundle = ws.ensure_real("hopper", "random"), ws.ensure_bundle("hopper", "random")
+    request = ws.generation_request(cell, real)
+    by_hand = generate_dataset(GenerateConfig(bundle=str(bundle), out="mine/hopper/by-hand-v0", progress=False,
+                                              threads=1, **request))
+    assert ws.ensure_generated(cell, real, bundle) == by_hand
+    # another horizon is a different dataset: generated under the experiment's own id
+    other = replace(cell, horizon=1)
+    assert ws.ensure_generated(other, real, bundle) == ws.generated_id(other)

@@ -8,11 +8,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,3 +57,20 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """JSON-dump ``obj`` to ``path`` atomically (sorted keys, indented)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def minari_root_at(root: Path) -> Iterator[None]:
+    """Point Minari (and dawm) at the dataset root ``root`` for the duration of the block.
+
+    Minari reads ``MINARI_DATASETS_PATH`` at every call, so setting it is enough; the old value is restored.
+    """
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old

@@ -12,7 +12,7 @@ import torch
 from agents.iql import IQL, IQLConfig
 from agents.networks import Normalizer
 from agents.sources import (
-    DatasetSource, MixSource, OnlineGeneratedSource, RolloutSource, TransitionBatch, ValueExpansion,
+    DatasetSource, MixSource, OnlineGeneratedSource, RolloutSource, ValueExpansion,
     value_expansion_rows,
 )
 from agents.td3bc import TD3BC, TD3BCConfig

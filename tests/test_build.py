@@ -70,7 +70,7 @@ def test_interrupted_build_registers_nothing(monkeypatch):
         raise KeyboardInterrupt
 
     # interrupt inside Minari's writer, after the staging folder exists
-    monkeypatch.setattr(minari_io, "_minari_root_override", _exploding_override(boom))
+    monkeypatch.setattr(minari_io, "minari_root_at", _exploding_override(boom))
     with pytest.raises(KeyboardInterrupt):
         build_dataset(BuildConfig("hopper", "random", steps=100, num_envs=2), progress=False)
     assert "dawm-d4rl/hopper/random-v0" not in minari.list_local_datasets()

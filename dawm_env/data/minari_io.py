@@ -31,7 +31,7 @@ from typing import Iterator, Mapping, Optional, Sequence
 import numpy as np
 
 from dawm_env.data.records import OfflineDataset
-from dawm_env.paths import minari_root
+from dawm_env.paths import minari_root, minari_root_at
 from dawm_env.tasks import TaskSpec, get_task
 
 #: Metadata key under which dawm stores its own provenance record (a JSON string).
@@ -61,19 +61,6 @@ def validate_dataset_id(dataset_id: str) -> None:
 def dataset_exists(dataset_id: str) -> bool:
     """Whether a complete local dataset with this id exists."""
     return (minari_root() / dataset_id / "metadata.json").is_file() or (minari_root() / dataset_id / "data").is_dir()
-
-
-@contextlib.contextmanager
-def _minari_root_override(root: Path) -> Iterator[None]:
-    old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = old
 
 
 def staging_parent() -> Path:
@@ -309,7 +296,7 @@ class MinariStreamWriter:
         self._fid = None
         self._done = False
         try:
-            with _minari_root_override(self._staging), warnings.catch_warnings():
+            with minari_root_at(self._staging), warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "code_permalink is None" and friends
                 ds = minari.create_dataset_from_buffers(
                     dataset_id=dataset_id, buffer=[], env=self.task.env_id, eval_env=self.task.env_id,

@@ -20,19 +20,17 @@ Scores are D4RL-normalised returns on ``Hopper-v5`` (x100); they are not D4RL v2
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from dawm_env.paths import atomic_write_json, atomic_write_text
+from dawm_env.paths import atomic_write_json, atomic_write_text, minari_root_at
 
 log = logging.getLogger(__name__)
 
@@ -82,23 +80,6 @@ class DemoConfig:
     def resolved_eval_every(self) -> int:
         """The evaluation period actually used."""
         return self.eval_every or max(1, self.steps // 8)
-
-
-@contextlib.contextmanager
-def minari_root_at(root: Path) -> Iterator[None]:
-    """Point Minari (and dawm) at the dataset root ``root`` for the duration of the block.
-
-    Minari reads ``MINARI_DATASETS_PATH`` at every call, so setting it is enough; the old value is restored.
-    """
-    old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = old
 
 
 def write_seed_pairs(bundle, pairs: int, path: Path) -> int:

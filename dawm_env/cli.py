@@ -164,6 +164,7 @@ def train_idm_cmd(
     batch_size: Optional[int] = typer.Option(None, help="Batch size (default 1024)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     seed: int = typer.Option(0, help="Training seed."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train (or resume) the inverse dynamics model; keeps the best validation checkpoint."""
@@ -173,7 +174,7 @@ def train_idm_cmd(
     try:
         sizes = tuple(int(h) for h in hidden.split(",")) if hidden else None
         path = train_idm(IDMTrainConfig(dataset=dataset, out=out, steps=steps, hidden=sizes, batch_size=batch_size,
-                                        device=device, seed=seed, progress=progress))
+                                        device=device, seed=seed, threads=threads, progress=progress))
         if assemble_bundle(path) is not None:
             typer.echo(f"bundle ready: {path}")
     except (ValueError, FileNotFoundError) as err:

@@ -11,6 +11,7 @@ from conftest import assert_same_data
 from dawm_env.data.loading import load_dataset, save_npz
 from dawm_env.data.minari_io import write_minari_dataset
 from dawm_env.data.records import OfflineDataset
+from dawm_env.paths import dawm_home
 
 
 def _write_d4rl_hdf5(data: OfflineDataset, path, with_next: bool = True) -> None:
@@ -152,3 +153,27 @@ def test_terminated_and_truncated_on_the_same_step_survive_every_loader(tmp_path
     for loaded in (load_dataset("test/hopper/both-v0"), load_dataset(tmp_path / "both.hdf5", task="hopper"),
                    load_dataset(tmp_path / "both.npz")):
         assert_same_data(data, loaded)
+
+
+def test_large_minari_datasets_load_from_a_flat_cache(hopper_random, monkeypatch):
+    import dawm_env.data.loading as loading
+    import dawm_env.data.minari_io as minari_io
+
+    monkeypatch.setattr(loading, "CACHE_MIN_EPISODES", 1)  # the fixture is small: cache it anyway
+    write_minari_dataset(hopper_random, "test/hopper/cached-v0", algorithm_name="random", description="t",
+                         provenance={"test": True})
+    first = load_dataset("test/hopper/cached-v0")  # reads the episodes, writes the cache
+    caches = list(dawm_home().glob("cache/minari/test__hopper__cached-v0-*.npz"))
+    assert len(caches) == 1
+
+    def no_episode_reads(*args, **kwargs):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(minari_io, "iter_episodes_fast", no_episode_reads)
+    second = load_dataset("test/hopper/cached-v0")
+    assert_same_data(first, second)
+    np.testing.assert_array_equal(first.seeds, second.seeds)
+    assert second.metadata == first.metadata and second.task == "hopper"
+    monkeypatch.setenv("DAWM_CACHE", "0")  # caching off: the episodes are read again
+    with pytest.raises(AssertionError, match="cache should have been used"):
+        load_dataset("test/hopper/cached-v0")

@@ -75,6 +75,12 @@ def load_minari(dataset_id: str, task: Optional[str] = None) -> OfflineDataset:
     meta = dict(ds.storage.metadata)
     env_spec = ds.spec.env_spec
     task_name = task or (task_from_env_id(env_spec.id).name if env_spec is not None else "")
+    cache = _flat_cache_path(dataset_id, Path(ds.storage.data_path), ds.total_episodes)
+    if cache is not None and cache.is_file():
+        with np.load(cache) as z:
+            data = OfflineDataset(task_name, *(z[k] for k in _FLAT_FIELDS), source=dataset_id, metadata=meta)
+        _check_task(data, task_name, dataset_id)
+        return data
     from dawm_env.data.minari_io import iter_episodes_fast
 
     obs, act, rew, term, trunc = [], [], [], [], []
@@ -90,7 +96,48 @@ def load_minari(dataset_id: str, task: Optional[str] = None) -> OfflineDataset:
     data = OfflineDataset.from_episodes(task_name, obs, act, rew, term, trunc, seeds=seeds,
                                         source=dataset_id, metadata=meta)
     _check_task(data, task_name, dataset_id)
+    if cache is not None:
+        _write_flat_cache(cache, data)
     return data
+
+
+#: OfflineDataset arrays in constructor order (after ``task``), as stored in the flat cache.
+_FLAT_FIELDS = ("observations", "actions", "rewards", "next_observations", "terminations", "truncations",
+                "episode_offsets", "seeds")
+#: Minari datasets with at least this many episodes get a flat cache: reading one HDF5 group per episode
+#: costs ~0.5 ms each (8 minutes of CPU for a 1M-rollout generated dataset), reading the cache seconds.
+CACHE_MIN_EPISODES = 20_000
+
+
+def _flat_cache_path(dataset_id: str, data_path: Path, episodes: int) -> Optional[Path]:
+    """Where the flat copy of a large Minari dataset lives (None: too small, or caching off by ``DAWM_CACHE=0``).
+
+    The name carries the HDF5 file's size and modification time, so a rewritten dataset never meets an old cache.
+    """
+    h5 = data_path / "main_data.hdf5"
+    if episodes < CACHE_MIN_EPISODES or os.environ.get("DAWM_CACHE", "1") == "0" or not h5.is_file():
+        return None
+    import hashlib
+
+    from dawm_env.paths import dawm_home
+
+    st = h5.stat()
+    key = hashlib.sha256(f"{dataset_id}|{st.st_size}|{st.st_mtime_ns}|v1".encode()).hexdigest()[:16]
+    return dawm_home() / "cache" / "minari" / f"{dataset_id.replace('/', '__')}-{key}.npz"
+
+
+def _write_flat_cache(path: Path, data: OfflineDataset) -> None:
+    """Write the cache atomically (a kill never leaves a half file that a later load would trust)."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{k: getattr(data, k) for k in _FLAT_FIELDS})
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full disk only costs the speed-up
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _minari_root_text() -> str:

@@ -82,8 +82,13 @@ def plot_learning_curves(series: Mapping[str, Mapping], path: Path, title: str, 
         ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
     ax.set_xlabel("gradient steps")
     ax.set_ylabel(ylabel)
+    return _finish(plt, fig, ax, path, title)
+
+
+def _finish(plt, fig, ax, path: Path, title: str, grid_axis: str = "both") -> Path:
+    """Title, grid, legend; save ``fig`` to ``path`` (folders created) and close it."""
     ax.set_title(title)
-    ax.grid(alpha=0.3)
+    ax.grid(axis=grid_axis, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,14 +119,7 @@ def plot_grouped_bars(groups: Sequence[str], labels: Sequence[str], means: Seque
     ax.set_xticks(x)
     ax.set_xticklabels(groups, rotation=20 if n_g > 3 else 0, ha="right" if n_g > 3 else "center")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, title, grid_axis="y")
 
 
 def plot_lines(xs: Sequence[float], series: Mapping[str, tuple[Sequence[Optional[float]], Sequence[Optional[float]]]],
@@ -139,14 +137,7 @@ def plot_lines(xs: Sequence[float], series: Mapping[str, tuple[Sequence[Optional
     ax.set_xticks(list(xs))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, title)
 
 
 # --- experiment reports -------------------------------------------------------------------------------

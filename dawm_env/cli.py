@@ -72,7 +72,7 @@ def data_info(
     if as_json:
         typer.echo(json.dumps({**summary.to_dict(), "generation": generated and generated.to_dict()}, indent=2))
     else:
-        typer.echo(summary.format())
+        typer.echo(summary.format(rollouts=generated is not None))
         if generated is not None:
             typer.echo(generated.format())
 

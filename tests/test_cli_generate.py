@@ -27,6 +27,9 @@ def test_generate_and_info_cli(tiny_bundle, hopper_random, tmp_path):
     parsed = json.loads(info.output)
     assert parsed["episodes"] == ds.total_episodes
     assert 0.0 <= parsed["generation"]["terminated_fraction"] <= 1.0
+    text = runner.invoke(app, ["data", "info", "test/hopper/dawm-gen-v0"])
+    assert text.exit_code == 0, text.output
+    assert "rollout return:" in text.output and "normalised:   n/a (episodes are generated rollouts" in text.output
     bad = runner.invoke(app, ["generate", "--bundle", "no-such-bundle", "--seed-dataset", str(seed_path),
                               "--out", "test/hopper/x-v0"])
     assert bad.exit_code == 2 and "no bundle" in bad.output

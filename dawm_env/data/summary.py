@@ -32,10 +32,15 @@ class DatasetSummary:
         """JSON-friendly dict."""
         return asdict(self)
 
-    def format(self) -> str:
-        """Human-readable multi-line text."""
+    def format(self, rollouts: bool = False) -> str:
+        """Human-readable multi-line text.
+
+        Args:
+            rollouts: the episodes are generated H-step rollouts (``dawm generate``): their returns are not
+                episode returns, so no normalised score is shown.
+        """
         score = _fmt(self.normalized_score_mean)
-        return "\n".join([
+        lines = [
             f"dataset:      {self.source}",
             f"task:         {self.task or 'unknown'}",
             f"episodes:     {self.episodes} ({self.terminated_episodes} terminated, {self.truncated_episodes} truncated)",
@@ -45,7 +50,11 @@ class DatasetSummary:
             f"normalised:   {score} (D4RL reference returns, x100, all episodes)",
             f"complete:     {self.complete_episodes} episodes that terminated or hit the time limit, mean "
             f"normalised {_fmt(self.complete_normalized_score_mean)} (excludes episodes cut by the collection budget)",
-        ])
+        ]
+        if rollouts:  # a 7-step rollout's return says nothing about a policy's score
+            lines[4] = lines[4].replace("return:      ", "rollout return:")
+            lines[5:] = ["normalised:   n/a (episodes are generated rollouts, not full episodes)"]
+        return "\n".join(lines)
 
 
 def _fmt(x: Optional[float]) -> str:

@@ -32,7 +32,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
@@ -217,40 +217,33 @@ class Workspace:
     def ensure_generated(self, cell: Cell, real: str, bundle: Path) -> str:
         """Generate a cell's data when missing (resuming an interrupted generation); returns its id.
 
+        An equal dataset already on disk under another id (same bundle, seed data and settings) is reused.
+
         Raises:
-            NotImplementedError: an action source other than the IDM with a generator that lacks ``action_source``.
             ValueError: an existing dataset of this id made with a different bundle.
         """
         from dawm_env.data.minari_io import dataset_exists, read_provenance
         from dawm_env.generation import GenerateConfig, generate_dataset
 
         gen_id = self.generated_id(cell)
-        if not dataset_exists(gen_id):
-            same = find_equivalent_generated(self.generation_request(cell, real), self.bundle_hash(bundle))
-            if same is not None:
-                self.echo(f"reusing {same}: generated with the same bundle, seed data and settings as {gen_id}")
-                return same
         if dataset_exists(gen_id):
             made_with = read_provenance(gen_id).get("bundle", {}).get("hash")
             if made_with and made_with != self.bundle_hash(bundle):
                 raise ValueError(f"{gen_id} was generated with another version of bundle {bundle}; delete it "
                                  f"(minari delete {gen_id}) to regenerate")
             return gen_id
-        kwargs: dict = {}
-        if cell.action_source != "idm":  # only pass it when needed: older generators have no such field
-            if "action_source" not in {f.name for f in fields(GenerateConfig)}:
-                raise NotImplementedError("GenerateConfig has no action_source: the IDM ablation needs it")
-            kwargs["action_source"] = cell.action_source
-        p = self.p
+        request = self.generation_request(cell, real)
+        same = find_equivalent_generated(request, self.bundle_hash(bundle))
+        if same is not None:
+            self.echo(f"reusing {same}: generated with the same bundle, seed data and settings as {gen_id}")
+            return same
         self.echo(f"generating {gen_id}")
-        return generate_dataset(GenerateConfig(
-            bundle=str(bundle), seed_dataset=real, out=gen_id, horizon=cell.horizon, rtg=p.rtg,
-            subsample=cell.subsample, repeats=p.generation_repeats, device=self.cfg.device, seed=0,
-            batch_size=p.generation_batch_size, chunk_size=p.generation_chunk_size, threads=p.threads,
-            progress=self.cfg.progress, **kwargs))
+        return generate_dataset(GenerateConfig(bundle=str(bundle), out=gen_id, device=self.cfg.device,
+                                               threads=self.p.threads, progress=self.cfg.progress, **request))
 
     def generation_request(self, cell: Cell, real: str) -> dict:
-        """The :class:`GenerateConfig` fields that decide a cell's generated data (for finding an equal one)."""
+        """The :class:`GenerateConfig` fields that decide a cell's generated data: what it is generated
+        with, and what an equal dataset under another id must have been generated with."""
         p = self.p
         return {"seed_dataset": real, "horizon": cell.horizon, "rtg": p.rtg, "guidance": None,
                 "subsample": cell.subsample, "repeats": p.generation_repeats, "seed": 0,

@@ -117,7 +117,6 @@ def train_world_model(cfg: WorldModelTrainConfig) -> Path:
     eval_starts = heldout_starts(source, cfg.eval_windows, np.random.default_rng(cfg.split_seed))
 
     def evaluate_now() -> None:
-        ema.model.eval()
         metrics = evaluate_world_model(ema.model, source, eval_starts, source.stats.rew_std, seed=cfg.seed)
         curve.append({"step": state.step, "train_seconds": round(train_seconds, 2), **metrics})
         for key in ("state_mse_mean", "reward_mae"):

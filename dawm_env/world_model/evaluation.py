@@ -15,7 +15,7 @@ Generation is conditioned on each window's real return-to-go so generated and re
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -66,15 +66,24 @@ def evaluate_world_model(world_model: Any, source: WindowSource, starts: np.ndar
     Used during training (the quality-vs-wall-clock curve) with the EMA model; sampling uses the
     model's own guidance weight, steps and temperature, conditioned on each window's real return-to-go.
     """
+    errors = _WindowErrors(source.horizon, rew_std)
+    for _, x, x0, valid in _sample_windows(world_model, source, starts, seed, batch):
+        errors.add(x, x0, valid, source.data.obs_dim)
+    return errors.metrics()
+
+
+def _sample_windows(world_model: Any, source: WindowSource, starts: np.ndarray, seed: int, batch: int
+                    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Generate the windows at ``starts`` in batches, conditioned on each real window's ``(s_t, a_t)`` and
+    return-to-go: yields ``(starts, generated x, real x0, valid)``, tensors ``(B, H + 1, D)`` / ``(B, H + 1)``."""
     device = next(world_model.parameters()).device
     obs_dim, act_dim = source.data.obs_dim, source.data.act_dim
     gen = torch.Generator(device=device).manual_seed(seed)
-    errors = _WindowErrors(source.horizon, rew_std)
     for i in range(0, len(starts), batch):
-        x0, rtg, valid = (t.to(device) for t in source.batch(starts[i:i + batch]))
+        s = starts[i:i + batch]
+        x0, rtg, valid = (t.to(device) for t in source.batch(s))
         x = world_model.sample(x0[:, 0, :obs_dim], x0[:, 0, obs_dim:obs_dim + act_dim], rtg, generator=gen)
-        errors.add(x, x0, valid, obs_dim)
-    return errors.metrics()
+        yield s, x, x0, valid
 
 
 @torch.no_grad()
@@ -88,15 +97,11 @@ def evaluate_bundle(bundle: Any, data: OfflineDataset, n_windows: int = 1024, se
     rng = np.random.default_rng(seed)
     starts = heldout_starts(source, n_windows, rng)
     device = next(bundle.world_model.parameters()).device
-    obs_dim, act_dim = data.obs_dim, data.act_dim
-    gen = torch.Generator(device=device).manual_seed(seed)
+    obs_dim = data.obs_dim
     errors = _WindowErrors(H, bundle.stats.rew_std)
     cons_abs, cons_n = 0.0, 0
     t0 = time.perf_counter()
-    for i in range(0, len(starts), batch):
-        s = starts[i:i + batch]
-        x0, rtg, valid = (t.to(device) for t in source.batch(s))
-        x = bundle.world_model.sample(x0[:, 0, :obs_dim], x0[:, 0, obs_dim:obs_dim + act_dim], rtg, generator=gen)
+    for s, x, x0, valid in _sample_windows(bundle.world_model, source, starts, seed, batch):
         errors.add(x, x0, valid, obs_dim)
         # action consistency: IDM(s_{t-1}, s_t, generated s_{t+1}) vs the real a_t
         prev, cur, _, act = (t.to(device) for t in idm_triples(data, bundle.stats, s))

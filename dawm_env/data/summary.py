@@ -39,21 +39,25 @@ class DatasetSummary:
             rollouts: the episodes are generated H-step rollouts (``dawm generate``): their returns are not
                 episode returns, so no normalised score is shown.
         """
-        score = _fmt(self.normalized_score_mean)
+        returns = (f"mean {self.return_mean:.1f} +- {self.return_std:.1f}, min {self.return_min:.1f}, "
+                   f"max {self.return_max:.1f}")
         lines = [
             f"dataset:      {self.source}",
             f"task:         {self.task or 'unknown'}",
             f"episodes:     {self.episodes} ({self.terminated_episodes} terminated, {self.truncated_episodes} truncated)",
             f"transitions:  {self.transitions}",
-            f"return:       mean {self.return_mean:.1f} +- {self.return_std:.1f}, min {self.return_min:.1f}, "
-            f"max {self.return_max:.1f}",
-            f"normalised:   {score} (D4RL reference returns, x100, all episodes)",
-            f"complete:     {self.complete_episodes} episodes that terminated or hit the time limit, mean "
-            f"normalised {_fmt(self.complete_normalized_score_mean)} (excludes episodes cut by the collection budget)",
         ]
         if rollouts:  # a 7-step rollout's return says nothing about a policy's score
-            lines[4] = lines[4].replace("return:      ", "rollout return:")
-            lines[5:] = ["normalised:   n/a (episodes are generated rollouts, not full episodes)"]
+            lines += [f"rollout return: {returns}",
+                      "normalised:   n/a (episodes are generated rollouts, not full episodes)"]
+        else:
+            lines += [
+                f"return:       {returns}",
+                f"normalised:   {_fmt(self.normalized_score_mean)} (D4RL reference returns, x100, all episodes)",
+                f"complete:     {self.complete_episodes} episodes that terminated or hit the time limit, mean "
+                f"normalised {_fmt(self.complete_normalized_score_mean)} (excludes episodes cut by the collection "
+                "budget)",
+            ]
         return "\n".join(lines)
 
 

@@ -52,6 +52,33 @@ def test_resume_equals_uninterrupted_run(hopper_npz, tmp_path):
     assert json.loads((b / "world_model_ckpt" / "meta.json").read_text())["step"] == 6
 
 
+def test_x0_bounds_cover_terminal_states_and_are_refreshed_on_resume(hopper_random, hopper_npz, tmp_path, monkeypatch):
+    """Terminal states lie outside the range of the non-terminal ones (hopper: below the healthy height or past
+    the healthy angle); the sampling clamp must cover them or the model can never generate a fall."""
+    from dawm_env.world_model.data import WindowSource
+
+    src = WindowSource.build(hopper_random, 7, 0.99, 0.1, 0)
+    low, high = (b.numpy() for b in src.x0_bounds())
+    o = hopper_random.obs_dim
+    terminal = src.stats.normalize_obs(hopper_random.next_observations[hopper_random.terminations])
+    live = src.stats.normalize_obs(hopper_random.observations)
+    assert len(terminal) > 0
+    assert ((terminal < live.min(0)) | (terminal > live.max(0))).any()  # the case the clamp got wrong
+    assert (terminal >= low[:o] - 1e-6).all() and (terminal <= high[:o] + 1e-6).all()
+
+    # a checkpoint written with stale (observations-only) bounds gets the right ones when training resumes
+    stale = (torch.as_tensor(np.r_[live.min(0), low[o:]]), torch.as_tensor(np.r_[live.max(0), high[o:]]))
+    out = tmp_path / "wm"
+    with monkeypatch.context() as m:
+        m.setattr(WindowSource, "x0_bounds", lambda self: stale)
+        train_world_model(WorldModelTrainConfig(dataset=hopper_npz, out=str(out), steps=2, **TINY_WM))
+    assert torch.equal(_weights(out, "world_model")["x0_low"], stale[0].float())
+    train_world_model(WorldModelTrainConfig(dataset=hopper_npz, out=str(out), steps=3, **TINY_WM))
+    w = _weights(out, "world_model")
+    np.testing.assert_allclose(w["x0_low"].numpy(), low, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(w["x0_high"].numpy(), high, rtol=0, atol=1e-6)
+
+
 def test_quality_curve_is_written_and_leaves_training_unchanged(hopper_npz, tmp_path):
     plain, evaluated = tmp_path / "plain", tmp_path / "evaluated"
     train_world_model(WorldModelTrainConfig(dataset=hopper_npz, out=str(plain), steps=4, **TINY_WM))

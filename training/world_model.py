@@ -92,7 +92,6 @@ def train_world_model(cfg: WorldModelTrainConfig) -> Path:
     # --- model, EMA, optimiser, resume ----------------------------------------------------------
     torch.manual_seed(model_cfg.seed + cfg.seed)
     model = GaussianDiffusion.from_config(model_cfg, data.obs_dim, data.act_dim).to(device)
-    model.set_x0_bounds(*source.x0_bounds())  # clamp predicted x_0 to the data's range (3-step sampling)
     ema = EMA(model, model_cfg.ema_decay, model_cfg.ema_every, model_cfg.ema_start)
     opt = torch.optim.Adam(model.parameters(), lr=model_cfg.lr)
     state = TrainState(modules={"model": model, "ema": ema.model}, optimizer=opt)
@@ -101,6 +100,10 @@ def train_world_model(cfg: WorldModelTrainConfig) -> Path:
         state.load(ckpt, run_meta, ("architecture", "dataset_fingerprint", "seed", "world_size", "split_seed"), device)
         ema.num_steps = int(state.extra["ema_num_steps"])
         log.info("resumed from %s at step %d", ckpt, state.step)
+    # clamp predicted x_0 to the data's range while sampling (3-step sampling needs it); set after a resume
+    # as well: the bounds derive from the data, are never trained, and so stay right for older checkpoints
+    for m in (model, ema.model):
+        m.set_x0_bounds(*source.x0_bounds())
     train_module: torch.nn.Module = model
     if world > 1:
         train_module = torch.nn.parallel.DistributedDataParallel(

@@ -80,12 +80,19 @@ class WindowSource:
 
     def x0_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-column ``(low (D,), high (D,))`` of normalised windows: data min / max of states and
-        rewards, [-1, 1] for actions. Used to clamp the predicted ``x_0`` while sampling."""
-        obs = self.stats.normalize_obs(self.data.observations)
+        rewards, [-1, 1] for actions. Used to clamp the predicted ``x_0`` while sampling.
+
+        The state bounds cover ``next_observations`` too: terminal states appear only there, and in a task
+        whose termination is a state range (hopper, walker2d) every non-terminal state lies inside the
+        healthy range, so bounds from ``observations`` alone would clamp every generated state back inside
+        it and the model could never generate a fall."""
+        norm = self.stats.normalize_obs
+        obs, nxt = norm(self.data.observations), norm(self.data.next_observations)
         rew = self.stats.normalize_reward(self.data.rewards)
         act_dim = self.data.act_dim
-        low = np.concatenate([obs.min(0), -np.ones(act_dim), [min(rew.min(), self.stats.normalize_reward(0.0))]])
-        high = np.concatenate([obs.max(0), np.ones(act_dim), [max(rew.max(), self.stats.normalize_reward(0.0))]])
+        obs_low, obs_high = np.minimum(obs.min(0), nxt.min(0)), np.maximum(obs.max(0), nxt.max(0))
+        low = np.concatenate([obs_low, -np.ones(act_dim), [min(rew.min(), self.stats.normalize_reward(0.0))]])
+        high = np.concatenate([obs_high, np.ones(act_dim), [max(rew.max(), self.stats.normalize_reward(0.0))]])
         return torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
 
     def batch(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -83,6 +83,27 @@ def test_identical_cells_share_keys_and_generated_ids(overrides, tmp_path):
     assert more_seeds.cell_key(t2["DAWM-TD3BC"]) != ws.cell_key(t2["DAWM-TD3BC"])
 
 
+def test_a_bundle_changed_in_place_gives_new_keys(overrides, tiny_bundle, tmp_path):
+    """Cells and generated data made with a bundle are not reused once the bundle's files change."""
+    import shutil
+
+    bundle = tmp_path / "bundle_copy"
+    shutil.copytree(tiny_bundle, bundle)
+    cfg = _cfg("table4", {**overrides, "bundles": {"hopper/random": str(bundle)}}, tmp_path / "exp")
+    cells = {c.method: c for c in EXPERIMENTS["table4"].cells(cfg.preset, ("hopper",), ("random",))}
+    before = Workspace(cfg)
+    keys = {m: before.cell_key(c) for m, c in cells.items()}
+    gen_id = before.generated_id(cells["DAWM-TD3BC"])
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["metrics"]["note"] = "changed"  # any change of any file of the bundle
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    after = Workspace(cfg)
+    assert after.generated_id(cells["DAWM-TD3BC"]) != gen_id
+    for method, cell in cells.items():
+        changed = after.cell_key(cell) != keys[method]
+        assert changed == Workspace.needs_bundle(cell), method  # real-data cells keep their keys
+
+
 def test_every_agent_experiment_at_smoke_preset(overrides, tmp_path, count_train_calls):
     root = tmp_path / "exp"
     total_cells = 0

@@ -22,7 +22,11 @@ What a cell needs is created when missing:
   ``$DAWM_HOME/bundles``), else ``$DAWM_HOME/runs/<task>-<level>`` when it holds a finished bundle, else one is
   trained into ``OUT/bundles/<task>-<level>`` with the preset's world-model / IDM budgets;
 - generated data ``dawm-exp/<task>/<level>-h<H>[-sub<n>][-<actions>]-<hash>-v0`` (:func:`generate_dataset`;
-  ``sub<n>``: from 1/n of the seed pairs; the hash covers the real data, the bundle and every generation setting).
+  ``sub<n>``: from 1/n of the seed pairs; the hash covers the real data, the bundle (folder and content) and
+  every generation setting).
+
+Keys of cells that use a bundle cover the bundle's content (sha256 of its files): a bundle retrained or changed
+in place makes those cells unfinished again instead of reporting results made with the old one.
 """
 
 from __future__ import annotations
@@ -200,11 +204,25 @@ class Workspace:
             self._bundle_hashes[key] = bundle_hash(path)
         return self._bundle_hashes[key]
 
+    def bundle_identity(self, task: str, level: str) -> dict:
+        """``{"bundle": folder, "bundle_sha": hash of its files}`` (sha None while the bundle is not trained).
+
+        Part of every key that depends on a bundle, so that retraining or changing a bundle in place gives new
+        generated-data ids and new cells instead of silently reusing results made with the old one."""
+        path = self.bundle_dir(task, level)
+        sha = self.bundle_hash(path) if (path / "bundle.json").is_file() else None
+        return {"bundle": str(path), "bundle_sha": sha}
+
+    @staticmethod
+    def needs_bundle(cell: Cell) -> bool:
+        """Whether a cell uses its (task, level) bundle: generated data, SSORL's IDM, consistency."""
+        return cell.kind == "consistency" or cell.generated or cell.algo.startswith("ssorl-")
+
     # --- generated data ---------------------------------------------------------------------------
     def generation_settings(self, cell: Cell) -> dict:
         """Every setting that decides a cell's generated data (its id hashes them)."""
         p = self.p
-        return {"real": self.real_source(cell.task, cell.level), "bundle": str(self.bundle_dir(cell.task, cell.level)),
+        return {"real": self.real_source(cell.task, cell.level), **self.bundle_identity(cell.task, cell.level),
                 "horizon": cell.horizon, "subsample": cell.subsample, "repeats": p.generation_repeats, "rtg": p.rtg,
                 "batch_size": p.generation_batch_size, "chunk_size": p.generation_chunk_size, "seed": 0,
                 "action_source": cell.action_source, "device_type": self.cfg.device.split(":")[0]}
@@ -256,7 +274,7 @@ class Workspace:
         """Folder-safe key of everything that decides a cell's result except the step budget."""
         p = self.p
         if cell.kind == "consistency":
-            ident = {"kind": "consistency", "bundle": str(self.bundle_dir(cell.task, cell.level)),
+            ident = {"kind": "consistency", **self.bundle_identity(cell.task, cell.level),
                      "data": self.real_source(cell.task, cell.data_level), "windows": p.consistency_windows}
             return f"consistency-{cell.task}-{cell.level}-on-{cell.data_level}-{_hash(ident)}"
         ident = {"kind": "agent", "algo": cell.algo, "task": cell.task, "level": cell.level,
@@ -264,7 +282,7 @@ class Workspace:
                  "generated": self.generated_id(cell) if cell.generated else None,
                  "seeds": p.seeds, "batch_size": p.batch_size, "eval_episodes": p.eval_episodes}
         if cell.algo.startswith("ssorl-"):
-            ident.update(bundle=str(self.bundle_dir(cell.task, cell.level)), ssorl_fraction=p.ssorl_fraction)
+            ident.update(**self.bundle_identity(cell.task, cell.level), ssorl_fraction=p.ssorl_fraction)
         data = _data_tag(cell) if cell.generated else "real"
         return f"{cell.task}-{cell.level}-{cell.algo}-{data}-{_hash(ident)}"
 
@@ -296,8 +314,7 @@ class Workspace:
 
         p, t0 = self.p, time.perf_counter()
         real = self.ensure_real(cell.task, cell.level)
-        needs_bundle = cell.generated or cell.algo.startswith("ssorl-")
-        bundle = self.ensure_bundle(cell.task, cell.level) if needs_bundle else None
+        bundle = self.ensure_bundle(cell.task, cell.level) if self.needs_bundle(cell) else None
         gen_id = self.ensure_generated(cell, real, bundle) if cell.generated else None
         run_dir = self.root / RUNS_DIR / key
         kwargs: dict = dict(
@@ -408,6 +425,9 @@ def run_experiment(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -
                 continue
             ran += 1
             bar.set_postfix_str(f"{cell.env} {cell.method or cell.data_level}")
+            if ws.needs_bundle(cell):  # the key covers the bundle's content, known once the bundle exists
+                ws.ensure_bundle(cell.task, cell.level)
+                key = ws.cell_key(cell)
             try:
                 rec = ws.run_cell(cell, key)
             except NotImplementedError as err:

@@ -34,9 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def real_early_terminations(data, idx: np.ndarray, horizon: int) -> float:
     """Fraction of real pairs ``idx`` whose episode terminates within the next ``horizon`` transitions."""
-    ends = data.episode_offsets[1:] - 1  # last transition of every episode
-    ep = np.searchsorted(data.episode_offsets[1:], idx, side="right")
-    return float(np.mean(data.terminations[ends[ep]] & (ends[ep] - idx < horizon)))
+    last = data.episode_offsets[1:][data.episode_ids()[idx]] - 1  # last transition of each pair's episode
+    return float(np.mean(data.terminations[last] & (last - idx < horizon)))
 
 
 def fall_figures(bundle, data, n_terminal: int, n_live: int, n_rollouts: int, horizon: int, seed: int) -> dict:

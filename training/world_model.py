@@ -102,8 +102,9 @@ def train_world_model(cfg: WorldModelTrainConfig) -> Path:
         log.info("resumed from %s at step %d", ckpt, state.step)
     # clamp predicted x_0 to the data's range while sampling (3-step sampling needs it); set after a resume
     # as well: the bounds derive from the data, are never trained, and so stay right for older checkpoints
+    bounds = source.x0_bounds()
     for m in (model, ema.model):
-        m.set_x0_bounds(*source.x0_bounds())
+        m.set_x0_bounds(*bounds)
     train_module: torch.nn.Module = model
     if world > 1:
         train_module = torch.nn.parallel.DistributedDataParallel(

@@ -177,3 +177,26 @@ def test_large_minari_datasets_load_from_a_flat_cache(hopper_random, monkeypatch
     monkeypatch.setenv("DAWM_CACHE", "0")  # caching off: the episodes are read again
     with pytest.raises(AssertionError, match="cache should have been used"):
         load_dataset("test/hopper/cached-v0")
+
+
+def test_minari_files_open_with_a_metadata_cache_big_enough_for_millions_of_episodes(hopper_random, monkeypatch):
+    """Minari keeps every episode name in one HDF5 heap (~24 B each): past HDF5's default 32 MB cache
+    (~1.3M episodes, e.g. 2M generated rollouts) every lookup re-read it and a merge crawled at 8
+    episodes/s. The writer and the fast reader must open the file with the larger cache."""
+    import dawm_env.data.minari_io as minari_io
+
+    opened = []
+    real_open = minari_io._open_hdf5
+
+    def spy(path, writable=False):
+        fid = real_open(path, writable)
+        opened.append((writable, fid.get_mdc_config().max_size))
+        return fid
+
+    monkeypatch.setattr(minari_io, "_open_hdf5", spy)
+    write_minari_dataset(hopper_random, "test/hopper/mdc-v0", algorithm_name="random", description="t",
+                         provenance={})
+    episodes = list(minari_io.iter_episodes_fast("test/hopper/mdc-v0"))
+    assert len(episodes) == hopper_random.num_episodes
+    assert {w for w, _ in opened} == {True, False}  # written and read through it
+    assert all(size >= 2 * 48 * 1024 * 1024 for _, size in opened)  # 2M names (~48 MB) fit twice

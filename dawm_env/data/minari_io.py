@@ -212,7 +212,8 @@ def iter_episodes_fast(dataset_id: str, indices: Optional[Sequence[int]] = None,
 
     Yields:
         ``{"id": int, "observations": (T+1, obs), "actions": (T, act), "rewards": (T,),
-        "terminations": (T,), "truncations": (T,), "infos": {name: (T+1, ...)}}``.
+        "terminations": (T,), "truncations": (T,), "infos": {name: (T+1, ...)}}``, plus ``"seed"``
+        (the reset seed, or None) from this fast reader; Minari's fallback reader yields no ``"seed"``.
     """
     import gymnasium as gym
     import h5py
@@ -237,7 +238,13 @@ def iter_episodes_fast(dataset_id: str, indices: Optional[Sequence[int]] = None,
     try:
         for e in idx:
             gid = h5py.h5g.open(fid, f"episode_{int(e)}".encode())
-            ep = {"id": int(e)}
+            seed = None
+            if h5py.h5a.exists(gid, b"seed"):
+                attr = h5py.h5a.open(gid, b"seed")
+                value = np.empty(attr.shape, dtype=attr.dtype)
+                attr.read(value)
+                seed = int(value) if value.dtype.kind in "iu" else None  # Minari may store "None"
+            ep = {"id": int(e), "seed": seed}
             for key in (b"observations", b"actions", b"rewards", b"terminations", b"truncations"):
                 ep[key.decode()] = read(gid, key)
             infos: dict = {}

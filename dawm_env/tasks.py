@@ -24,6 +24,24 @@ ArrayLike = Union[np.ndarray, "torch.Tensor"]
 
 #: Dataset levels the builder knows (D4RL names).
 LEVELS: tuple[str, ...] = ("random", "medium", "expert", "medium-expert", "medium-replay")
+#: Levels built by concatenating other levels' datasets (D4RL's medium-expert = medium + expert, same episodes).
+LEVEL_PARTS: dict[str, tuple[str, ...]] = {"medium-expert": ("medium", "expert")}
+
+
+def level_overlap(train_level: str, data_level: str) -> str:
+    """How much of ``data_level``'s data a model trained on ``train_level`` has seen (same task, same seeds).
+
+    Returns:
+        ``"same"`` (the same dataset), ``"contained"`` (``data_level`` is part of ``train_level``),
+        ``"half"`` (``train_level`` is one part of ``data_level``) or ``"none"``.
+    """
+    if train_level == data_level:
+        return "same"
+    if data_level in LEVEL_PARTS.get(train_level, ()):
+        return "contained"
+    if train_level in LEVEL_PARTS.get(data_level, ()):
+        return "half"
+    return "none"
 
 
 def _hopper_healthy(obs: ArrayLike) -> ArrayLike:

@@ -73,3 +73,29 @@ def test_constants_and_errors():
         get_task("ant")
     with pytest.raises(ValueError, match="last dimension 11"):
         get_task("hopper").is_terminal(np.zeros((2, 17)))
+
+
+def test_level_overlap_knows_medium_expert_is_medium_plus_expert():
+    from dawm_env.tasks import level_overlap
+
+    assert level_overlap("medium", "medium") == "same"
+    assert level_overlap("medium-expert", "expert") == "contained"  # a medium-expert model has seen expert data
+    assert level_overlap("medium", "medium-expert") == "half"
+    assert level_overlap("medium", "expert") == "none"
+    assert level_overlap("medium-replay", "medium") == "none"
+
+
+def test_consistency_table_labels_rows_by_training_data_overlap():
+    from dawm_env.experiments.report import consistency_table
+
+    metrics = {"idm_action_mae": 0.1, "idm_nll": -1.0, "action_consistency_mae": 0.1, "state_mse_mean": 0.1,
+               "reward_mae": 0.1, "heldout_windows": 8}
+    cells = [{"status": "done", "in_distribution": level == "medium-expert", "metrics": metrics,
+              "cell": {"task": "hopper", "level": "medium-expert", "data_level": level}}
+             for level in ("medium-expert", "medium", "random")]
+    table = consistency_table({"experiment": "consistency", "title": "t", "cells": cells,
+                               "updated": "now", "root": "/tmp"})
+    rows = {line.split("|")[3].strip(): line.split("|")[4].strip() for line in table.splitlines()
+            if line.startswith("| hopper")}
+    assert rows == {"medium-expert": "in distribution", "medium": "in the bundle's training data",
+                    "random": "out of distribution"}

@@ -28,7 +28,7 @@ import numpy as np
 
 from dawm_env.data.records import OfflineDataset
 from dawm_env.data.rollout import collect_transitions, uniform_random_policy
-from dawm_env.tasks import LEVELS, TaskSpec, get_task
+from dawm_env.tasks import LEVEL_PARTS, LEVELS, TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def collect_level(cfg: BuildConfig, progress: bool = True) -> tuple[OfflineDatas
         # D4RL concatenated its medium and expert datasets; the halves use the same seeds as the standalone
         # builds, so an already-built medium / expert dataset of the same config is reused as is
         halves = [_reuse_built(task, lvl, cfg, info) or _policy_rollouts(task, lvl, cfg, base, progress, info)
-                  for lvl in ("medium", "expert")]
+                  for lvl in LEVEL_PARTS["medium-expert"]]
         data = OfflineDataset.concatenate(halves)
     else:  # medium-replay
         import json

@@ -168,8 +168,10 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("consistency", "IDM action error and action consistency, in and out of distribution",
                "consistency", lambda p: [], paper_levels=("medium",),
                note="In distribution: the bundle's own training level (its held-out episodes); out of "
-                    "distribution: every other level of the task with a dataset on disk (medium-expert holds the "
-                    "medium data too, so it is only half out of distribution for a medium bundle)."),
+                    "distribution: every other level of the task with a dataset on disk, except that medium-expert "
+                    "is the medium and the expert datasets concatenated: a medium-expert bundle was trained on "
+                    "(90% of) the medium and expert episodes, and half of the medium-expert data is a medium or "
+                    "expert bundle's own training data. Those rows say so."),
 )}
 
 

@@ -12,6 +12,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from dawm_env.tasks import level_overlap
+
 log = logging.getLogger(__name__)
 
 #: Shown in a table cell without a result (not run yet, or the method is unavailable).
@@ -197,6 +199,19 @@ def _status_lines(results: dict) -> list[str]:
     return lines
 
 
+#: Split label of a consistency row by how much of the data the bundle was trained on.
+_SPLITS = {"same": "in distribution", "contained": "in the bundle's training data",
+           "half": "half in the bundle's training data", "none": "out of distribution"}
+
+
+def _short_split(record: dict) -> str:
+    """Plot label of a consistency row's split: ID, train (seen in training), half, OOD."""
+    if record["in_distribution"]:
+        return "ID"
+    overlap = level_overlap(record["cell"]["level"], record["cell"]["data_level"])
+    return {"contained": "train", "half": "half"}.get(overlap, "OOD")
+
+
 def consistency_table(results: dict) -> str:
     """``table.md`` of the consistency experiment."""
     done = [r for r in results["cells"] if r["status"] == "done"]
@@ -205,7 +220,7 @@ def consistency_table(results: dict) -> str:
     rows = []
     for r in done:
         c, m = r["cell"], r["metrics"]
-        split = "in distribution" if r["in_distribution"] else "out of distribution"
+        split = _SPLITS["same"] if r["in_distribution"] else _SPLITS[level_overlap(c["level"], c["data_level"])]
         rows.append([c["task"], c["level"], c["data_level"], split,
                      f"{m['idm_action_mae']:.3f}", f"{m['idm_nll']:.2f}", f"{m['action_consistency_mae']:.3f}",
                      f"{m['state_mse_mean']:.3f}", f"{m['reward_mae']:.3f}", m["heldout_windows"]])
@@ -230,7 +245,7 @@ def write_experiment_report(exp, results: dict, folder: Path) -> list[str]:
         done = [r for r in results["cells"] if r["status"] == "done"]
         bundles = _ordered(f"{r['cell']['task']}-{r['cell']['level']}" for r in done)
         groups = [(f"{r['cell']['task']}-{r['cell']['level']}: " if len(bundles) > 1 else "")
-                  + f"{r['cell']['data_level']} ({'ID' if r['in_distribution'] else 'OOD'})" for r in done]
+                  + f"{r['cell']['data_level']} ({_short_split(r)})" for r in done]
         vals = [[r["metrics"]["idm_action_mae"], r["metrics"]["action_consistency_mae"]] for r in done]
         plots.append(plot_grouped_bars(groups, ["IDM action MAE (real s')", "action consistency MAE (generated s')"],
                                        vals, [[None, None]] * len(vals), folder / "consistency.png",

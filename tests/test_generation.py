@@ -153,6 +153,16 @@ def test_horizons_subsample_and_repeats(tiny_bundle, hopper_random, seed_id, hor
         assert any(not np.array_equal(v[0], v[1]) for v in first.values())
 
 
+def test_datasets_too_big_for_minaris_reader_are_flagged(tiny_bundle, seed_id, monkeypatch, caplog):
+    import dawm_env.generation.writer as writer
+
+    generate_dataset(_cfg(tiny_bundle, seed_id, "dawm-gen/hopper/small-v0", subsample=8))
+    assert "Minari's own reader" not in caplog.text
+    monkeypatch.setattr(writer, "SLOW_MINARI_READ_EPISODES", 10)  # the fixture's rollouts stand in for >1.2M
+    generate_dataset(_cfg(tiny_bundle, seed_id, "dawm-gen/hopper/big-v0", subsample=8))
+    assert "Minari's own reader" in caplog.text and "dawm-gen/hopper/big-v0" in caplog.text
+
+
 def test_select_seed_pairs_is_exact_and_seeded():
     for n, t in ((1600, 8), (1500, 3), (10, 1), (7, 8)):
         idx = select_seed_pairs(n, t, seed=1)

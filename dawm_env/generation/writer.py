@@ -41,6 +41,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -54,8 +55,8 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import numpy as np
 import torch
 
-from dawm_env.data.minari_io import (MinariStreamWriter, dataset_exists, staging_parent, validate_dataset_id,
-                                     write_episode_file)
+from dawm_env.data.minari_io import (SLOW_MINARI_READ_EPISODES, MinariStreamWriter, dataset_exists,
+                                     staging_parent, validate_dataset_id, write_episode_file)
 from dawm_env.data.records import OfflineDataset
 from dawm_env.data.windows import positions_in_episode
 from dawm_env.generation.rollouts import RolloutConfig, RolloutGenerator, check_task_match, validate_episodes
@@ -548,6 +549,12 @@ def generate_dataset(config: GenerateConfig) -> str:
     _log(config, f"{run.plan.num_rollouts} rollouts ({len(run.plan.pair_indices)} seed pairs x {config.repeats}), "
                  f"H={rc.horizon}, g={rc.rtg}, w={rc.guidance}, N={rc.sampling_steps}, {run.plan.num_chunks} chunk(s), "
                  f"shard {run.shard.index}/{run.shard.count}, device {run.device}")
+    if run.plan.num_rollouts > SLOW_MINARI_READ_EPISODES:
+        logging.getLogger(__name__).warning(
+            "%s will hold %d episodes (one per rollout): dawm reads it quickly, but Minari's own reader slows to "
+            "~20 episodes/s beyond ~1.3M episodes (HDF5's default metadata cache no longer holds the episode names). "
+            "For other libraries, generate several datasets of under %d rollouts each (--subsample / --seed).",
+            config.out, run.plan.num_rollouts, SLOW_MINARI_READ_EPISODES)
     run.run_chunks()
     if not run.dir.exists() and dataset_exists(config.out):  # another shard merged while we finished
         return config.out

@@ -85,10 +85,8 @@ def load_minari(dataset_id: str, task: Optional[str] = None) -> OfflineDataset:
 
     obs, act, rew, term, trunc = [], [], [], [], []
     seeds: list = []
-    seeds_read = True  # the fast reader yields each episode's seed; Minari's fallback reader does not
     for ep in iter_episodes_fast(dataset_id, with_infos=False):  # ~4x faster than Minari's iterate_episodes
-        seeds.append(ep.get("seed"))
-        seeds_read = seeds_read and "seed" in ep
+        seeds.append(ep["seed"])
         if not isinstance(ep["observations"], np.ndarray):
             raise ValueError(f"{dataset_id}: dict / tuple observations are not supported (need a Box space)")
         obs.append(ep["observations"])
@@ -96,8 +94,6 @@ def load_minari(dataset_id: str, task: Optional[str] = None) -> OfflineDataset:
         rew.append(ep["rewards"])
         term.append(ep["terminations"])
         trunc.append(ep["truncations"])
-    if not seeds_read:  # Minari's own reader (other spaces / storage): seeds from its episode metadata
-        seeds = [m.get("seed") for m in ds.storage.get_episode_metadata(ds.episode_indices)]
     data = OfflineDataset.from_episodes(task_name, obs, act, rew, term, trunc, seeds=seeds,
                                         source=dataset_id, metadata=meta)
     _check_task(data, task_name, dataset_id)

@@ -216,8 +216,8 @@ def iter_episodes_fast(dataset_id: str, indices: Optional[Sequence[int]] = None,
 
     Yields:
         ``{"id": int, "observations": (T+1, obs), "actions": (T, act), "rewards": (T,),
-        "terminations": (T,), "truncations": (T,), "infos": {name: (T+1, ...)}}``, plus ``"seed"``
-        (the reset seed, or None) from this fast reader; Minari's fallback reader yields no ``"seed"``.
+        "terminations": (T,), "truncations": (T,), "infos": {name: (T+1, ...)}, "seed": the reset seed
+        or None}``.
     """
     import gymnasium as gym
     import h5py
@@ -229,7 +229,8 @@ def iter_episodes_fast(dataset_id: str, indices: Optional[Sequence[int]] = None,
     flat = ds.storage.metadata.get("data_format") == "hdf5" and all(
         isinstance(s, gym.spaces.Box) for s in (ds.observation_space, ds.action_space))
     if not flat:
-        yield from ds.storage.get_episodes(idx)
+        for ep, meta in zip(ds.storage.get_episodes(idx), ds.storage.get_episode_metadata(idx)):
+            yield {**ep, "seed": meta.get("seed")}
         return
 
     def read(gid: "object", name: bytes) -> np.ndarray:

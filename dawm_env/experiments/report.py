@@ -199,17 +199,16 @@ def _status_lines(results: dict) -> list[str]:
     return lines
 
 
-#: Split label of a consistency row by how much of the data the bundle was trained on.
-_SPLITS = {"same": "in distribution", "contained": "in the bundle's training data",
-           "half": "half in the bundle's training data", "none": "out of distribution"}
+#: Labels of a consistency row's split (table, plot), by how much of the data the bundle was trained on.
+_SPLITS = {"same": ("in distribution", "ID"), "contained": ("in the bundle's training data", "train"),
+           "half": ("half in the bundle's training data", "half"), "none": ("out of distribution", "OOD")}
 
 
-def _short_split(record: dict) -> str:
-    """Plot label of a consistency row's split: ID, train (seen in training), half, OOD."""
+def _split(record: dict) -> tuple[str, str]:
+    """(table label, plot label) of a consistency row's split."""
     if record["in_distribution"]:
-        return "ID"
-    overlap = level_overlap(record["cell"]["level"], record["cell"]["data_level"])
-    return {"contained": "train", "half": "half"}.get(overlap, "OOD")
+        return _SPLITS["same"]
+    return _SPLITS[level_overlap(record["cell"]["level"], record["cell"]["data_level"])]
 
 
 def consistency_table(results: dict) -> str:
@@ -220,8 +219,7 @@ def consistency_table(results: dict) -> str:
     rows = []
     for r in done:
         c, m = r["cell"], r["metrics"]
-        split = _SPLITS["same"] if r["in_distribution"] else _SPLITS[level_overlap(c["level"], c["data_level"])]
-        rows.append([c["task"], c["level"], c["data_level"], split,
+        rows.append([c["task"], c["level"], c["data_level"], _split(r)[0],
                      f"{m['idm_action_mae']:.3f}", f"{m['idm_nll']:.2f}", f"{m['action_consistency_mae']:.3f}",
                      f"{m['state_mse_mean']:.3f}", f"{m['reward_mae']:.3f}", m["heldout_windows"]])
     lines = [f"# {results['experiment']}: {results['title']}", "",
@@ -245,7 +243,7 @@ def write_experiment_report(exp, results: dict, folder: Path) -> list[str]:
         done = [r for r in results["cells"] if r["status"] == "done"]
         bundles = _ordered(f"{r['cell']['task']}-{r['cell']['level']}" for r in done)
         groups = [(f"{r['cell']['task']}-{r['cell']['level']}: " if len(bundles) > 1 else "")
-                  + f"{r['cell']['data_level']} ({_short_split(r)})" for r in done]
+                  + f"{r['cell']['data_level']} ({_split(r)[1]})" for r in done]
         vals = [[r["metrics"]["idm_action_mae"], r["metrics"]["action_consistency_mae"]] for r in done]
         plots.append(plot_grouped_bars(groups, ["IDM action MAE (real s')", "action consistency MAE (generated s')"],
                                        vals, [[None, None]] * len(vals), folder / "consistency.png",

@@ -26,8 +26,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from agents.networks import BatchedMLP, Normalizer, frozen_copy, make_adam, polyak_update
-from agents.sources import TransitionBatch
+from dawm_env.agents.networks import BatchedMLP, Normalizer, frozen_copy, make_adam, polyak_update
+from dawm_env.agents.sources import TransitionBatch
 
 EXP_ADV_MAX = 100.0
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0

@@ -14,7 +14,7 @@ Observations are normalised with the training data's mean / std (+1e-3) inside t
 hand over raw transitions and :meth:`TD3BC.act` takes raw observations.
 
 Multi-seed: every network stacks its K seeds (twin critics: 2K members, ``[Q1 of seeds..., Q2 of seeds...]``)
-in :class:`~agents.networks.BatchedMLP`; each seed's loss is a mean over its own batch and the losses are
+in :class:`~dawm_env.agents.networks.BatchedMLP`; each seed's loss is a mean over its own batch and the losses are
 summed over seeds, so the seeds train exactly as K separate runs would, in one batched matmul per layer.
 """
 
@@ -26,8 +26,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from agents.networks import BatchedMLP, Normalizer, frozen_copy, make_adam, polyak_update
-from agents.sources import TransitionBatch
+from dawm_env.agents.networks import BatchedMLP, Normalizer, frozen_copy, make_adam, polyak_update
+from dawm_env.agents.sources import TransitionBatch
 
 
 @dataclass

@@ -15,7 +15,7 @@ Run folder (``OUT``)::
 
 Rerunning the same config resumes from ``checkpoint/`` and continues exactly as the uninterrupted run would:
 every step's batch indices and noise come from generators keyed by ``(seed, step)``
-(:func:`training.common.step_rngs`), and evaluations reuse fixed reset seeds.
+(:func:`dawm_env.training.common.step_rngs`), and evaluations reuse fixed reset seeds.
 
 Variants (``algo``):
 
@@ -24,7 +24,7 @@ Variants (``algo``):
 - ``ssorl-*``: the real data with IDM-inferred actions on a fraction of the episodes;
 - ``dwm-*``: DWM's Diffusion-MVE baseline: the critic is trained at every generated rollout's real
   ``(s_0, a_0)`` towards an n-step target over the generated rewards with a bootstrap at the generated
-  ``s_n`` (:class:`~agents.sources.ValueExpansion`); the rollouts come from ``synthetic`` (a generated
+  ``s_n`` (:class:`~dawm_env.agents.sources.ValueExpansion`); the rollouts come from ``synthetic`` (a generated
   dataset) or are generated ``online``. Normalisation, reward scale and evaluation stay the real dataset's.
 
 ``dawm train agent --algo td3bc --dataset ID [--synthetic ID] [--bundle NAME] [--steps N] [--seeds K] --out DIR``
@@ -42,14 +42,14 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
-from agents.evaluation import FINAL_STREAM, TRAINING_STREAM, Evaluator, aggregate, reset_seeds
-from agents.iql import IQL, IQLConfig, corl_iql_preset
-from agents.networks import Normalizer
-from agents.sources import (
+from dawm_env.agents.evaluation import FINAL_STREAM, TRAINING_STREAM, Evaluator, aggregate, reset_seeds
+from dawm_env.agents.iql import IQL, IQLConfig, corl_iql_preset
+from dawm_env.agents.networks import Normalizer
+from dawm_env.agents.sources import (
     DatasetSource, MixSource, OnlineGeneratedSource, RolloutSource, TransitionSource, ValueExpansion,
     corl_reward_scale, dataset_obs_moments, seek_source, source_obs_moments, ssorl_relabel,
 )
-from agents.td3bc import TD3BC, TD3BCConfig
+from dawm_env.agents.td3bc import TD3BC, TD3BCConfig
 from dawm_env.checkpoint import (
     CheckpointError, load_tensors, optimizer_state_from_tensors, optimizer_state_to_tensors, read_meta,
     write_checkpoint_dir,
@@ -58,7 +58,7 @@ from dawm_env.data.loading import load_dataset
 from dawm_env.data.records import OfflineDataset
 from dawm_env.paths import atomic_write_json
 from dawm_env.tasks import LEVELS, TaskSpec, get_task
-from training.common import setup_torch, step_rngs
+from dawm_env.training.common import setup_torch, step_rngs
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ AlgoConfig = Union[TD3BCConfig, IQLConfig]
 #: The two learners: agent class and config class.
 ALGOS: dict[str, tuple[type, type]] = {"td3bc": (TD3BC, TD3BCConfig), "iql": (IQL, IQLConfig)}
 #: Every trainable ``--algo`` and its learner. ``ssorl-*``: the real data with IDM-inferred actions on a
-#: fraction of the episodes (:func:`~agents.sources.ssorl_relabel`); ``dwm-*``: DWM's value expansion over
-#: generated rollouts (:class:`~agents.sources.RolloutSource`).
+#: fraction of the episodes (:func:`~dawm_env.agents.sources.ssorl_relabel`); ``dwm-*``: DWM's value expansion over
+#: generated rollouts (:class:`~dawm_env.agents.sources.RolloutSource`).
 BASE_ALGO: dict[str, str] = {"td3bc": "td3bc", "iql": "iql", "ssorl-td3bc": "td3bc", "ssorl-iql": "iql",
                              "dwm-td3bc": "td3bc", "dwm-iql": "iql"}
 
@@ -125,7 +125,7 @@ class TrainAgentConfig:
     online: bool = False
     """Train on transitions generated on the fly from ``bundle`` (paper Algorithm 1) instead of a synthetic
     dataset: rollouts from the real dataset's ``(s_t, a_t)`` pairs in a pool, part of which is regenerated every
-    ``online_refresh_every`` steps (:class:`~agents.sources.OnlineGeneratedSource`; ``dwm-*``: one n-step row
+    ``online_refresh_every`` steps (:class:`~dawm_env.agents.sources.OnlineGeneratedSource`; ``dwm-*``: one n-step row
     per rollout). Resumes exactly (the pool is a function of the seed and the step)."""
     online_pool: int = 20_000
     """``online``: rollouts in the pool (up to ``online_horizon`` transitions each)."""

@@ -225,13 +225,13 @@ def bench_reference(algo: str, data: dict, batch_size: int, steps: int, warmup: 
 
 
 def bench_dawm(algo: str, data: dict, k: int, batch_size: int, steps: int, warmup: int, bf16: bool) -> dict[str, float]:
-    """Steps/s of dawm's K-seed agent, sampling through a :class:`~agents.sources.DatasetSource` as training does."""
-    from agents.iql import IQL, IQLConfig
-    from agents.networks import Normalizer
-    from agents.sources import DatasetSource
-    from agents.td3bc import TD3BC, TD3BCConfig
+    """Steps/s of dawm's K-seed agent, sampling through a :class:`~dawm_env.agents.sources.DatasetSource` as training does."""
+    from dawm_env.agents.iql import IQL, IQLConfig
+    from dawm_env.agents.networks import Normalizer
+    from dawm_env.agents.sources import DatasetSource
+    from dawm_env.agents.td3bc import TD3BC, TD3BCConfig
     from dawm_env.data.records import OfflineDataset
-    from training.common import step_rngs
+    from dawm_env.training.common import step_rngs
 
     n = len(data["obs"])
     truncations = np.zeros(n, bool)

@@ -142,7 +142,7 @@ def train_world_model_cmd(
 ) -> None:
     """Train (or resume) the diffusion world model; rerun the same command to resume after a kill."""
     from dawm_env.world_model.bundle import assemble_bundle
-    from training.world_model import WorldModelTrainConfig, train_world_model
+    from dawm_env.training.world_model import WorldModelTrainConfig, train_world_model
 
     try:
         path = train_world_model(WorldModelTrainConfig(
@@ -169,7 +169,7 @@ def train_idm_cmd(
 ) -> None:
     """Train (or resume) the inverse dynamics model; keeps the best validation checkpoint."""
     from dawm_env.world_model.bundle import assemble_bundle
-    from training.idm import IDMTrainConfig, train_idm
+    from dawm_env.training.idm import IDMTrainConfig, train_idm
 
     try:
         sizes = tuple(int(h) for h in hidden.split(",")) if hidden else None
@@ -209,7 +209,7 @@ def train_agent_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train an offline agent (several seeds at once) and evaluate it in the real MuJoCo env."""
-    from agents.train import TrainAgentConfig, train_agent
+    from dawm_env.agents.train import TrainAgentConfig, train_agent
 
     try:
         path = train_agent(TrainAgentConfig(
@@ -229,7 +229,7 @@ def evaluate_cmd(
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
     """Evaluate a trained agent run in the real MuJoCo env; prints and saves the normalised scores."""
-    from agents.train import evaluate_run
+    from dawm_env.agents.train import evaluate_run
 
     try:
         result = evaluate_run(run_dir, episodes=episodes, device=device)

@@ -2,8 +2,8 @@
 
 - ``DAWM_HOME`` (default ``~/.dawm``): behaviour-policy runs, bundles, caches.
 - ``MINARI_DATASETS_PATH`` (Minari's own variable, default ``~/.minari/datasets``): datasets.
-- ``DAWM_POLICIES_DIR``: the shipped behaviour policies (default ``../shared/behavior-policies``
-  next to the repository, as laid out on the project's machines).
+- ``DAWM_POLICIES_DIR``: a folder of behaviour policies overriding the ones shipped inside the package
+  (``dawm_env/policies``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The behaviour policies shipped inside the package (actor weights as safetensors + JSON).
+SHIPPED_POLICIES_DIR = Path(__file__).resolve().parent / "policies"
 
 
 def dawm_home() -> Path:
@@ -28,10 +29,10 @@ def minari_root() -> Path:
     return Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets")).expanduser()
 
 
-def shared_policies_dir() -> Path:
-    """Folder holding the shipped behaviour policy zips."""
+def policies_dir() -> Path:
+    """Folder holding the default behaviour policies (``$DAWM_POLICIES_DIR`` or the shipped ones)."""
     env = os.environ.get("DAWM_POLICIES_DIR")
-    return Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "behavior-policies"
+    return Path(env).expanduser() if env else SHIPPED_POLICIES_DIR
 
 
 def behavior_run_dir(task: str, seed: int) -> Path:

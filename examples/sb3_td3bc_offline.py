@@ -20,7 +20,7 @@ Recipe for any library that reads Minari (d3rlpy, CORL-style scripts, your own l
 4. Evaluate in ``ds.recover_environment(eval_env=True)`` (the real ``-v5`` env) and normalise returns with
    ``minari.get_normalized_score(ds, returns)`` (dawm stores D4RL's reference returns) -- or
    ``dawm_env.tasks.get_task(name).normalized_score``.
-5. dawm's own agents (``agents.train.train_agent``) do all of this for K seeds at once; the flat arrays are also
+5. dawm's own agents (``dawm_env.agents.train.train_agent``) do all of this for K seeds at once; the flat arrays are also
    one call away: ``dawm_env.data.loading.load_dataset(ID)``.
 """
 

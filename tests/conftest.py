@@ -54,8 +54,8 @@ def tiny_bundle(hopper_random, tmp_path_factory):
     """
     from dawm_env.data.loading import save_npz
     from dawm_env.world_model.bundle import assemble_bundle
-    from training.idm import IDMTrainConfig, train_idm
-    from training.world_model import WorldModelTrainConfig, train_world_model
+    from dawm_env.training.idm import IDMTrainConfig, train_idm
+    from dawm_env.training.world_model import WorldModelTrainConfig, train_world_model
 
     root = tmp_path_factory.mktemp("tiny_bundle")
     data_path = str(root / "hopper_random.npz")

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from agents.evaluation import Evaluator, aggregate, reset_seeds
-from agents.iql import IQL, IQLConfig, corl_iql_preset, cosine_lr
-from agents.networks import BatchedMLP, Normalizer
-from agents.sources import DatasetSource, MixSource, ObsMoments, TransitionBatch, corl_reward_scale
-from agents.td3bc import TD3BC, TD3BCConfig
-from agents.train import (
+from dawm_env.agents.evaluation import Evaluator, aggregate, reset_seeds
+from dawm_env.agents.iql import IQL, IQLConfig, corl_iql_preset, cosine_lr
+from dawm_env.agents.networks import BatchedMLP, Normalizer
+from dawm_env.agents.sources import DatasetSource, MixSource, ObsMoments, TransitionBatch, corl_reward_scale
+from dawm_env.agents.td3bc import TD3BC, TD3BCConfig
+from dawm_env.agents.train import (
     TrainAgentConfig, evaluate_run, infer_level, load_agent, load_checkpoint, save_checkpoint, train_agent,
 )
 from dawm_env.data.loading import save_npz
@@ -484,7 +484,7 @@ def test_benchmark_smoke(bench, tmp_path, monkeypatch):
 
 
 def test_ssorl_relabels_a_fraction_of_episodes_and_trains(hopper_random, hopper_npz, tiny_bundle, tmp_path):
-    from agents.sources import ssorl_relabel
+    from dawm_env.agents.sources import ssorl_relabel
     from dawm_env.world_model.bundle import Bundle
 
     bundle = Bundle.load(tiny_bundle)

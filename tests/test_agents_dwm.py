@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from agents.iql import IQL, IQLConfig
-from agents.networks import Normalizer
-from agents.sources import (
+from dawm_env.agents.iql import IQL, IQLConfig
+from dawm_env.agents.networks import Normalizer
+from dawm_env.agents.sources import (
     DatasetSource, MixSource, OnlineGeneratedSource, RolloutSource, ValueExpansion,
     value_expansion_rows,
 )
-from agents.td3bc import TD3BC, TD3BCConfig
-from agents.train import TrainAgentConfig, load_agent, train_agent
+from dawm_env.agents.td3bc import TD3BC, TD3BCConfig
+from dawm_env.agents.train import TrainAgentConfig, load_agent, train_agent
 from dawm_env.data.loading import save_npz
 from dawm_env.data.minari_io import write_minari_dataset
 from dawm_env.data.records import OfflineDataset

@@ -34,16 +34,16 @@ def _cfg(name: str, overrides: dict, root: Path, **kw) -> ExperimentConfig:
 @pytest.fixture
 def count_train_calls(monkeypatch) -> list:
     """Records the output folder of every train_agent call."""
-    import agents.train
+    import dawm_env.agents.train
 
     calls: list = []
-    real = agents.train.train_agent
+    real = dawm_env.agents.train.train_agent
 
     def counted(cfg, *args, **kwargs):
         calls.append(cfg.out)
         return real(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(agents.train, "train_agent", counted)
+    monkeypatch.setattr(dawm_env.agents.train, "train_agent", counted)
     return calls
 
 
@@ -134,17 +134,17 @@ def test_every_agent_experiment_at_smoke_preset(overrides, tmp_path, count_train
 
 
 def test_killed_experiment_resumes_at_the_next_cell(overrides, tmp_path, monkeypatch, count_train_calls):
-    import agents.train
+    import dawm_env.agents.train
 
     root = tmp_path / "exp"
-    counted = agents.train.train_agent
+    counted = dawm_env.agents.train.train_agent
 
     def dies_on_second_run(cfg, *args, **kwargs):
         if len(count_train_calls) >= 1:
             raise KeyboardInterrupt  # a kill after the first cell finished
         return counted(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(agents.train, "train_agent", dies_on_second_run)
+    monkeypatch.setattr(dawm_env.agents.train, "train_agent", dies_on_second_run)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(_cfg("table5", overrides, root), echo=lambda _: None)
     partial = json.loads((root / "table5" / "results.json").read_text())
@@ -152,7 +152,7 @@ def test_killed_experiment_resumes_at_the_next_cell(overrides, tmp_path, monkeyp
     first = next(iter((root / "cells").glob("*.json")))
     stamp = first.stat().st_mtime_ns
 
-    monkeypatch.setattr(agents.train, "train_agent", counted)
+    monkeypatch.setattr(dawm_env.agents.train, "train_agent", counted)
     res = run_experiment(_cfg("table5", overrides, root), echo=lambda _: None)
     assert res["complete"] and len(count_train_calls) == 2  # only the unfinished cell ran
     assert first.stat().st_mtime_ns == stamp

@@ -18,8 +18,8 @@ from dawm_env.checkpoint import CheckpointError, load_tensors
 from dawm_env.cli import app
 from dawm_env.data.loading import save_npz
 from dawm_env.world_model.bundle import Bundle, assemble_bundle, resolve_bundle
-from training.idm import IDMTrainConfig, train_idm
-from training.world_model import WorldModelTrainConfig, train_world_model
+from dawm_env.training.idm import IDMTrainConfig, train_idm
+from dawm_env.training.world_model import WorldModelTrainConfig, train_world_model
 
 runner = CliRunner()
 TINY_WM = dict(preset="cpu", batch_size=16, progress=False, threads=1)
@@ -97,7 +97,7 @@ def test_quality_curve_is_written_and_leaves_training_unchanged(hopper_npz, tmp_
 
 
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
-    from training.common import TrainState
+    from dawm_env.training.common import TrainState
 
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)

@@ -21,7 +21,7 @@ from dawm_env.data.loading import load_dataset
 from dawm_env.data.windows import NormStats
 from dawm_env.world_model.data import heldout_episodes, idm_triples
 from dawm_env.world_model.idm import IDMConfig, InverseDynamics
-from training.common import ModelRunConfig, TrainState, setup_torch, step_rngs
+from dawm_env.training.common import ModelRunConfig, TrainState, setup_torch, step_rngs
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from dawm_env.world_model.config import WorldModelConfig
 from dawm_env.world_model.data import WindowSource
 from dawm_env.world_model.diffusion import EMA, GaussianDiffusion
 from dawm_env.world_model.evaluation import evaluate_world_model, heldout_starts
-from training.common import ModelRunConfig, TrainState, setup_torch, step_rngs
+from dawm_env.training.common import ModelRunConfig, TrainState, setup_torch, step_rngs
 
 log = logging.getLogger(__name__)
 

@@ -268,8 +268,6 @@ class DreamDynamics:
         self.rtg_target = float(config.rtg_target if config.rtg_target is not None else max(self.task.gen_rtg_range))
         self.start_pool = self._load_start_pool()
         self._gen = torch.Generator(device=self.device)
-        self._obs_mean = torch.as_tensor(self.bundle.stats.obs_mean, device=self.device)
-        self._obs_std = torch.as_tensor(self.bundle.stats.obs_std, device=self.device)
 
     def _load_start_pool(self) -> np.ndarray:
         cfg = self.config
@@ -311,28 +309,26 @@ class DreamDynamics:
             ``next_states (B, obs_dim) float64``, ``rewards (B,) float64``, ``terminated (B,) bool`` and,
             with ``idm_info``, ``idm_action_error (B,) float64`` (else None).
         """
-        wm, cfg = self.bundle.world_model, self.config
+        cfg = self.config
         self._gen.manual_seed(int(rng.integers(0, 2**63 - 1)))
-        s = torch.as_tensor(states, dtype=torch.float32, device=self.device)
-        a = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
-        s_norm = (s - self._obs_mean) / self._obs_std
-        x = wm.sample(s_norm, a, self.rtg_target, guidance_weight=cfg.guidance_weight,
-                      n_steps=cfg.sampling_steps, temperature=cfg.temperature, generator=self._gen)
-        next_norm = x[:, 1, : self.task.obs_dim]  # row 1 state = s_{t+1}
-        next_states = (next_norm * self._obs_std + self._obs_mean).double().cpu().numpy()
-        rewards = self.bundle.stats.denormalize_reward(x[:, 0, -1].double().cpu().numpy())  # row 0 = r_t
-        terminated = np.asarray(self.task.is_terminal(next_states), dtype=bool)
+        # the window's row 1 state is s_{t+1} and row 0 reward is r_t; the rest is discarded (module docstring)
+        window = self.bundle.sample_window(states, actions, self.rtg_target, 2, self._gen,
+                                           guidance=cfg.guidance_weight, sampling_steps=cfg.sampling_steps,
+                                           temperature=cfg.temperature)
+        next_states = window.states[:, 1].astype(np.float64)
+        rewards = window.rewards[:, 0].astype(np.float64)
+        terminated = window.terminal[:, 0]
         idm_err = None
         if cfg.idm_info:
             if prev_states is None:
                 prev_states = np.full_like(states, np.nan)
-            prev = torch.as_tensor(prev_states, dtype=torch.float32, device=self.device)
-            prev_norm = (prev - self._obs_mean) / self._obs_std
+            prev = torch.as_tensor(np.asarray(prev_states, dtype=np.float32), device=self.device)
             # IDM convention: s_{t-1} is zero (the normalised mean) at an episode's first step.
-            prev_norm = torch.nan_to_num(prev_norm, nan=0.0)
-            inferred, _ = self.bundle.idm.act(prev_norm, s_norm, next_norm)
+            prev_norm = torch.nan_to_num(self.bundle.normalize_obs(prev), nan=0.0)
+            inferred, _ = self.bundle.idm.act(prev_norm, window.states_norm[:, 0], window.states_norm[:, 1])
+            a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)
             idm_err = (inferred - a).abs().mean(-1).double().cpu().numpy()
-        return next_states, np.asarray(rewards, dtype=np.float64), terminated, idm_err
+        return next_states, rewards, terminated, idm_err
 
 
 def observation_space(task: TaskSpec) -> spaces.Box:

@@ -10,9 +10,9 @@ Stages (each reused when the demo is rerun with the same settings):
    folder* (``OUT/minari``), so the demo never touches the user's datasets. Resumable chunk by chunk.
 3. **train**: TD3+BC (K seeds at once) on the generated data only, evaluated periodically in the real
    ``-v5`` MuJoCo env. No real dataset is needed: the generated dataset records its task, so it is also the
-   ``dataset`` of :class:`~agents.train.TrainAgentConfig` (observation normalisation from the generated data;
+   ``dataset`` of :class:`~dawm_env.agents.train.TrainAgentConfig` (observation normalisation from the generated data;
    TD3+BC does not normalise rewards). Resumes from its checkpoint.
-4. **evaluate**: fresh real episodes of the final policies (:func:`~agents.train.evaluate_run`), then
+4. **evaluate**: fresh real episodes of the final policies (:func:`~dawm_env.agents.train.evaluate_run`), then
    ``summary.md``, ``results.json`` and ``learning_curve.png`` in the run folder.
 
 Scores are D4RL-normalised returns on ``Hopper-v5`` (x100); they are not D4RL v2 numbers.
@@ -122,8 +122,8 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     """
     import minari
 
-    from agents.train import CURVES_FILE, EVALUATION_FILE, TrainAgentConfig, evaluate_run, train_agent
-    from agents.train import RESULTS_FILE as RUN_RESULTS
+    from dawm_env.agents.train import CURVES_FILE, EVALUATION_FILE, TrainAgentConfig, evaluate_run, train_agent
+    from dawm_env.agents.train import RESULTS_FILE as RUN_RESULTS
     from dawm_env.data.minari_io import dataset_exists
     from dawm_env.experiments.report import plot_learning_curves
     from dawm_env.generation import GenerateConfig, generate_dataset, generation_stats

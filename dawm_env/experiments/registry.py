@@ -41,7 +41,7 @@ class Method:
     label: str
     """Column header (``DAWM-TD3BC``, ``DWM_3``, ...)."""
     algo: str
-    """:class:`~agents.train.TrainAgentConfig` ``algo``: ``td3bc``, ``iql``, ``ssorl-*`` or ``dwm-*``."""
+    """:class:`~dawm_env.agents.train.TrainAgentConfig` ``algo``: ``td3bc``, ``iql``, ``ssorl-*`` or ``dwm-*``."""
     generated: bool = False
     """Train on generated rollouts (DAWM: one-step TD on them; DWM: value-expansion targets from them)."""
     horizon: Optional[int] = None

@@ -21,7 +21,7 @@ MISSING = "n/a"
 
 
 def format_score(stats: Optional[Mapping], digits: int = 1) -> str:
-    """``"mean ± std"`` of an :func:`agents.evaluation.aggregate` dict; :data:`MISSING` for None."""
+    """``"mean ± std"`` of an :func:`dawm_env.agents.evaluation.aggregate` dict; :data:`MISSING` for None."""
     if not stats:
         return MISSING
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"

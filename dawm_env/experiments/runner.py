@@ -180,8 +180,8 @@ class Workspace:
         path = self.bundle_dir(task, level)
         if (path / "bundle.json").is_file():
             return path
-        from training.idm import IDMTrainConfig, train_idm
-        from training.world_model import WorldModelTrainConfig, train_world_model
+        from dawm_env.training.idm import IDMTrainConfig, train_idm
+        from dawm_env.training.world_model import WorldModelTrainConfig, train_world_model
 
         real = self.ensure_real(task, level)
         p = self.p
@@ -310,7 +310,7 @@ class Workspace:
         return rec
 
     def _run_agent(self, cell: Cell, key: str) -> dict:
-        from agents.train import TrainAgentConfig, train_agent
+        from dawm_env.agents.train import TrainAgentConfig, train_agent
 
         p, t0 = self.p, time.perf_counter()
         real = self.ensure_real(cell.task, cell.level)
@@ -335,7 +335,7 @@ class Workspace:
         from dawm_env.data.loading import load_dataset
         from dawm_env.world_model.bundle import Bundle
         from dawm_env.world_model.evaluation import evaluate_bundle
-        from training.common import setup_torch
+        from dawm_env.training.common import setup_torch
 
         in_dist = cell.data_level == cell.level
         base = {"key": key, "cell": cell.to_dict(), "in_distribution": in_dist}

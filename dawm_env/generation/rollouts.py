@@ -270,10 +270,6 @@ class RolloutGenerator:
         self.task: TaskSpec = bundle.task
         self.config = config.resolve(bundle)
         self.device = next(bundle.world_model.parameters()).device
-        stats = bundle.stats
-        f = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32), device=self.device)  # noqa: E731
-        self._obs_mean, self._obs_std = f(stats.obs_mean), f(stats.obs_std)
-        self._rew_mean, self._rew_std = float(stats.rew_mean), float(stats.rew_std)
 
     def new_generator(self, seed: int) -> torch.Generator:
         """A torch RNG on the models' device, seeded with ``seed``."""
@@ -316,12 +312,10 @@ class RolloutGenerator:
         cfg, task, dev = self.config, self.task, self.device
         H, o, a = cfg.horizon, task.obs_dim, task.act_dim
         b = len(states)
-        s0 = (torch.from_numpy(states).to(dev) - self._obs_mean) / self._obs_std
+        window = self.bundle.sample_window(states, actions, cfg.rtg, H + 1, generator, guidance=cfg.guidance,
+                                           sampling_steps=cfg.sampling_steps, temperature=cfg.temperature)
+        s_norm = window.states_norm  # (B, H+1, obs): normalised s_t .. s_{t+H}; row 0 in-painted exactly
         a0 = torch.from_numpy(actions).to(dev)
-        x = self.bundle.world_model.sample(s0, a0, cfg.rtg, guidance_weight=cfg.guidance,
-                                           n_steps=cfg.sampling_steps, temperature=cfg.temperature,
-                                           generator=generator)
-        s_norm = x[:, : H + 1, :o]  # (B, H+1, obs): normalised s_t .. s_{t+H}; row 0 in-painted exactly
         act = torch.empty(b, H, a, device=dev)
         std = torch.zeros(b, H, a, device=dev)
         act[:, 0] = a0
@@ -337,16 +331,12 @@ class RolloutGenerator:
             act[:, 1:] = torch.rand(b, H - 1, a, device=dev, generator=generator) * 2.0 - 1.0
         elif H > 1:  # "repeat": the conditioning action at every step
             act[:, 1:] = a0[:, None]
-        raw_states = (s_norm * self._obs_std + self._obs_mean).cpu().numpy()
-        raw_states[:, 0] = states  # exact real s_t (no normalise / denormalise round-off)
-        rewards = (x[:, :H, -1] * self._rew_std + self._rew_mean).cpu().numpy()
-        term = np.asarray(task.is_terminal(raw_states[:, 1:]))  # (B, H): is s_{t+h+1} terminal?
+        term = window.terminal  # (B, H): is s_{t+h+1} terminal?
         terminated = term.any(1)
         lengths = np.where(terminated, term.argmax(1) + 1, H).astype(np.int64)
         return RolloutBatch(
-            states=raw_states.astype(np.float32, copy=False), actions=act.cpu().numpy(),
-            rewards=rewards.astype(np.float32, copy=False), idm_std=std.cpu().numpy(), lengths=lengths,
-            terminated=terminated, seed_index=seed_index, repeat=repeat,
+            states=window.states, actions=act.cpu().numpy(), rewards=window.rewards[:, :H],
+            idm_std=std.cpu().numpy(), lengths=lengths, terminated=terminated, seed_index=seed_index, repeat=repeat,
         )
 
 
@@ -357,7 +347,7 @@ class TransitionStream:
     Every ``next()`` samples ``rollouts_per_batch`` seed pairs uniformly (with replacement), rolls them
     out and returns the flattened :class:`GeneratedTransitions` (up to ``rollouts_per_batch * H``
     transitions; fewer when rollouts terminate early). Nothing is stored (for agents,
-    :class:`agents.sources.OnlineGeneratedSource` keeps a refreshed pool of them)::
+    :class:`dawm_env.agents.sources.OnlineGeneratedSource` keeps a refreshed pool of them)::
 
         stream = TransitionStream(Bundle.load("hopper-medium"), seed_data, rollouts_per_batch=256)
         for it, batch in zip(range(n_iters), stream):

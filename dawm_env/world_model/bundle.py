@@ -82,6 +82,24 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"{path} is not valid JSON ({err})") from err
 
 
+@dataclass(frozen=True)
+class SampledWindow:
+    """One world-model call for ``B`` real pairs, in raw units: the shared core of generation and the dream env.
+
+    Attributes:
+        states_norm: ``(B, R, obs_dim)`` normalised ``s_t .. s_{t+R-1}`` on the model's device (row 0 is the
+            in-painted real ``s_t``); the IDM reads these.
+        states: ``(B, R, obs_dim)`` float32 raw states; row 0 is the input ``s_t`` exactly.
+        rewards: ``(B, R)`` float32 raw rewards ``r_t .. r_{t+R-1}``.
+        terminal: ``(B, R - 1)`` bool: the task's termination function on ``s_{t+h+1}`` for ``h = 0 .. R-2``.
+    """
+
+    states_norm: torch.Tensor
+    states: np.ndarray
+    rewards: np.ndarray
+    terminal: np.ndarray
+
+
 @dataclass
 class Bundle:
     """A loaded bundle: models in eval mode, normalisation, task and seed pairs.
@@ -107,6 +125,50 @@ class Bundle:
     seed_actions: np.ndarray
     seed_rtg: np.ndarray
     meta: dict
+
+    def normalize_obs(self, obs: torch.Tensor) -> torch.Tensor:
+        """``(..., obs_dim)`` raw states on the models' device -> the models' normalised units."""
+        mean, std = self._obs_moments_on(obs.device)
+        return (obs - mean) / std
+
+    def _obs_moments_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # cached per device: the dream env calls this at every step
+        cache = self.__dict__.setdefault("_moments", {})
+        if device not in cache:
+            cache[device] = (torch.as_tensor(self.stats.obs_mean, device=device),
+                             torch.as_tensor(self.stats.obs_std, device=device))
+        return cache[device]
+
+    @torch.inference_mode()
+    def sample_window(self, states: np.ndarray, actions: np.ndarray, rtg: float, rows: int,
+                      generator: torch.Generator, guidance: Optional[float] = None,
+                      sampling_steps: Optional[int] = None, temperature: Optional[float] = None) -> SampledWindow:
+        """The world-model step: normalise, sample one window per pair, denormalise, check terminals.
+
+        Args:
+            states: ``(B, obs_dim)`` raw ``s_t``.
+            actions: ``(B, act_dim)`` actions in ``[-1, 1]``.
+            rtg: scaled return-to-go target ``g`` (every pair).
+            rows: window rows to return, ``2 .. T`` (the model's horizon ``T``).
+            generator: torch RNG on the models' device (all sampling noise).
+            guidance / sampling_steps / temperature: None = the world model's own.
+        """
+        wm = self.world_model
+        if not 2 <= rows <= wm.horizon:
+            raise ValueError(f"rows must lie in [2, {wm.horizon}] for bundle {self.path}, got {rows}")
+        dev = next(wm.parameters()).device
+        s = torch.as_tensor(np.asarray(states, dtype=np.float32), device=dev)
+        a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=dev)
+        x = wm.sample(self.normalize_obs(s), a, rtg, guidance_weight=guidance, n_steps=sampling_steps,
+                      temperature=temperature, generator=generator)[:, :rows]
+        o = self.task.obs_dim
+        states_norm = x[..., :o]
+        mean, std = self._obs_moments_on(dev)
+        raw = (states_norm * std + mean).cpu().numpy()
+        raw[:, 0] = states  # exact real s_t (no normalise / denormalise round-off)
+        rewards = (x[..., -1] * float(self.stats.rew_std) + float(self.stats.rew_mean)).cpu().numpy()
+        terminal = np.asarray(self.task.is_terminal(raw[:, 1:]), dtype=bool)
+        return SampledWindow(states_norm=states_norm, states=raw, rewards=rewards, terminal=terminal)
 
     @classmethod
     def load(cls, name_or_dir: str | os.PathLike, device: str | torch.device = "cpu",

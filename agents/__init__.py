@@ -15,10 +15,21 @@ dataset; any library that reads Minari can use dawm's datasets directly (recipe 
 
 from dawm_env.agents.iql import IQL, IQLConfig
 from dawm_env.agents.sources import (
-    DatasetSource, MixSource, OnlineGeneratedSource, RolloutSource, TransitionBatch, TransitionSource, ValueExpansion,
+    DatasetSource,
+    MixSource,
+    OnlineGeneratedSource,
+    RolloutSource,
+    TransitionBatch,
+    TransitionSource,
+    ValueExpansion,
 )
 from dawm_env.agents.td3bc import TD3BC, TD3BCConfig
-from dawm_env.agents.train import TrainAgentConfig, evaluate_run, load_agent, train_agent
+from dawm_env.agents.train import (
+    TrainAgentConfig,
+    evaluate_run,
+    load_agent,
+    train_agent,
+)
 
 __all__ = [
     "IQL", "IQLConfig", "TD3BC", "TD3BCConfig", "DatasetSource", "MixSource", "OnlineGeneratedSource",

@@ -26,7 +26,13 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from dawm_env.agents.networks import BatchedMLP, Normalizer, frozen_copy, make_adam, polyak_update
+from dawm_env.agents.networks import (
+    BatchedMLP,
+    Normalizer,
+    frozen_copy,
+    make_adam,
+    polyak_update,
+)
 from dawm_env.agents.sources import TransitionBatch
 
 EXP_ADV_MAX = 100.0

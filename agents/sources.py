@@ -23,12 +23,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields, replace
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from dawm_env.data.normalization import STD_EPS, safe_std
 from dawm_env.data.records import OfflineDataset
+from dawm_env.data.windows import positions_in_episode
+from dawm_env.generation.rollouts import RolloutGenerator, check_task_match
+from dawm_env.world_model.bundle import Bundle
+from dawm_env.world_model.data import idm_triples
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +120,9 @@ class ObsMoments:
     mean: np.ndarray
     sq_mean: np.ndarray
 
-    def std(self, eps: float) -> np.ndarray:
-        """Standard deviation plus ``eps`` (CORL: ``states.std(0) + 1e-3``)."""
-        return np.sqrt(np.maximum(self.sq_mean - self.mean**2, 0.0)) + eps
+    def std(self, eps: float = STD_EPS) -> np.ndarray:
+        """The normalisation divisor: :func:`~dawm_env.data.normalization.safe_std` of the standard deviation."""
+        return safe_std(np.sqrt(np.maximum(self.sq_mean - self.mean**2, 0.0)), eps)
 
     @staticmethod
     def of(obs: np.ndarray | torch.Tensor) -> "ObsMoments":
@@ -312,7 +317,7 @@ def corl_reward_scale(data: OfflineDataset, max_episode_steps: int = 1000) -> fl
     return max_episode_steps / spread
 
 
-def ssorl_relabel(data: OfflineDataset, bundle: Any, fraction: float, seed: int = 0,
+def ssorl_relabel(data: OfflineDataset, bundle: Bundle, fraction: float, seed: int = 0,
                   chunk: int = 65_536) -> tuple[OfflineDataset, dict]:
     """SSORL baseline data: the actions of a random ``fraction`` of episodes replaced by IDM-inferred ones.
 
@@ -333,7 +338,6 @@ def ssorl_relabel(data: OfflineDataset, bundle: Any, fraction: float, seed: int 
         ``(relabelled dataset, info)`` with the number of relabelled episodes / transitions and the mean
         absolute error of the inferred actions against the real ones.
     """
-    from dawm_env.world_model.data import idm_triples
 
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"SSORL fraction must lie in [0, 1], got {fraction}")
@@ -390,7 +394,6 @@ def value_expansion_rows(data: OfflineDataset, expansion: ValueExpansion) -> dic
         next_observations (E, obs_dim): s_n, terminations (E,) bool: s_n terminal, discounts (E,):
         gamma^n (1 - terminated), steps (E,) int64: n}``.
     """
-    from dawm_env.data.windows import positions_in_episode
 
     starts, lengths = data.episode_offsets[:-1], data.episode_lengths
     n = lengths if expansion.horizon is None else np.minimum(lengths, expansion.horizon)
@@ -468,10 +471,9 @@ class OnlineGeneratedSource:
         expansion: DWM n-step rows instead of transitions.
     """
 
-    def __init__(self, generator: Any, seed_data: OfflineDataset, pool_rollouts: int = 20_000,
+    def __init__(self, generator: RolloutGenerator, seed_data: OfflineDataset, pool_rollouts: int = 20_000,
                  refresh_every: int = 1000, refresh_fraction: float = 0.1, seed: int = 0,
                  device: Optional[torch.device | str] = None, expansion: Optional[ValueExpansion] = None) -> None:
-        from dawm_env.generation.rollouts import check_task_match
 
         if pool_rollouts < 1 or refresh_every < 1:
             raise ValueError(f"pool_rollouts and refresh_every must be >= 1, got {pool_rollouts}, {refresh_every}")
@@ -504,10 +506,8 @@ class OnlineGeneratedSource:
 
     def _generate_block(self, block: int, key: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, key, block])
-        idx = rng.integers(0, self.seed_data.num_transitions, size=self.block_sizes[block])
-        torch_gen = self.generator.new_generator(int(rng.integers(0, 2**63 - 1)))
-        rollouts = self.generator.generate(self.seed_data.observations[idx], self.seed_data.actions[idx], torch_gen,
-                                           seed_index=idx)
+        rollouts = self.generator.rollouts_from(self.seed_data.observations, self.seed_data.actions,
+                                                self.block_sizes[block], rng)
         self.rollouts_generated += rollouts.num_rollouts
         if self.expansion is None:
             tr = rollouts.transitions()

@@ -10,7 +10,7 @@ Run folder (``OUT``)::
                          step counter, learning curves and timings in meta.json (written atomically)
     curves.json          per-seed learning curves: normalised score (and returns) at every evaluation, losses
     results.json         last and best normalised score, mean and std over seeds (+ per seed)
-    learning_curve.png   mean +- std over seeds (only when matplotlib is installed)
+    learning_curve.png   mean +- std over seeds
     evaluation.json      written by :func:`evaluate_run` (fresh episodes of the final policies)
 
 Rerunning the same config resumes from ``checkpoint/`` and continues exactly as the uninterrupted run would:
@@ -42,23 +42,41 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
-from dawm_env.agents.evaluation import FINAL_STREAM, TRAINING_STREAM, Evaluator, aggregate, reset_seeds
+from dawm_env.agents.evaluation import (
+    FINAL_STREAM,
+    TRAINING_STREAM,
+    Evaluator,
+    aggregate,
+    reset_seeds,
+)
 from dawm_env.agents.iql import IQL, IQLConfig, corl_iql_preset
 from dawm_env.agents.networks import Normalizer
 from dawm_env.agents.sources import (
-    DatasetSource, MixSource, OnlineGeneratedSource, RolloutSource, TransitionSource, ValueExpansion,
-    corl_reward_scale, dataset_obs_moments, seek_source, source_obs_moments, ssorl_relabel,
+    DatasetSource,
+    MixSource,
+    OnlineGeneratedSource,
+    RolloutSource,
+    TransitionSource,
+    ValueExpansion,
+    corl_reward_scale,
+    dataset_obs_moments,
+    seek_source,
+    source_obs_moments,
+    ssorl_relabel,
 )
 from dawm_env.agents.td3bc import TD3BC, TD3BCConfig
-from dawm_env.checkpoint import (
-    CheckpointError, load_tensors, optimizer_state_from_tensors, optimizer_state_to_tensors, read_meta,
-    write_checkpoint_dir,
-)
+from dawm_env.checkpoint import CheckpointError, TrainState, check_resumable
 from dawm_env.data.loading import load_dataset
+from dawm_env.data.minari_io import dataset_exists
 from dawm_env.data.records import OfflineDataset
+from dawm_env.generation.rollouts import RolloutConfig, RolloutGenerator
+from dawm_env.generation.stats import is_generated_dataset
+from dawm_env.generation.writer import bundle_hash
 from dawm_env.paths import atomic_write_json
+from dawm_env.plotting import plot_learning_curves
+from dawm_env.runtime import setup_torch, step_rngs
 from dawm_env.tasks import LEVELS, TaskSpec, get_task
-from dawm_env.training.common import setup_torch, step_rngs
+from dawm_env.world_model.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +92,6 @@ BASE_ALGO: dict[str, str] = {"td3bc": "td3bc", "iql": "iql", "ssorl-td3bc": "td3
 
 CONFIG_FILE, CKPT_DIR, CURVES_FILE, RESULTS_FILE = "config.json", "checkpoint", "curves.json", "results.json"
 PLOT_FILE, EVALUATION_FILE = "learning_curve.png", "evaluation.json"
-STATE_EPS = 1e-3  # CORL: std + 1e-3
 
 
 @dataclass
@@ -251,7 +268,6 @@ def build_source(cfg: TrainAgentConfig, real: OfflineDataset, device: torch.devi
         expansion = ValueExpansion(discount, cfg.mve_horizon)
         desc["mve"] = {"horizon": cfg.mve_horizon, "discount": discount}
     if cfg.algo.startswith("ssorl-"):
-        from dawm_env.world_model.bundle import Bundle
 
         bundle = Bundle.load(cfg.bundle, device, expect_task=real.task)
         real, info = ssorl_relabel(real, bundle, cfg.ssorl_fraction, seed=cfg.seed)
@@ -299,8 +315,6 @@ def build_source(cfg: TrainAgentConfig, real: OfflineDataset, device: torch.devi
 
 def _is_generated(dataset: str) -> bool:
     """Whether ``dataset`` is a local Minari dataset written by ``dawm generate`` (False for files)."""
-    from dawm_env.data.minari_io import dataset_exists
-    from dawm_env.generation.stats import is_generated_dataset
 
     try:
         return dataset_exists(dataset) and is_generated_dataset(dataset)
@@ -315,9 +329,6 @@ def build_online_source(cfg: TrainAgentConfig, real: OfflineDataset, device: tor
     ``dwm-*`` never reads the actions of steps ``h >= 1``, so their rollouts skip the IDM (``action_source =
     "repeat"``).
     """
-    from dawm_env.generation.rollouts import RolloutConfig, RolloutGenerator
-    from dawm_env.generation.writer import bundle_hash
-    from dawm_env.world_model.bundle import Bundle
 
     bundle = Bundle.load(cfg.bundle, device, expect_task=real.task)
     rollout_cfg = RolloutConfig(horizon=cfg.online_horizon, rtg=cfg.online_rtg,
@@ -343,7 +354,7 @@ def build_normalizer(algo_cfg: AlgoConfig, source: TransitionSource, real: Offli
     obs_dim = source.obs_dim
     if algo_cfg.normalize_states:
         m = dataset_obs_moments(real) if real_moments else source_obs_moments(source)
-        mean, std = torch.as_tensor(m.mean, dtype=torch.float32), torch.as_tensor(m.std(STATE_EPS), dtype=torch.float32)
+        mean, std = torch.as_tensor(m.mean, dtype=torch.float32), torch.as_tensor(m.std(), dtype=torch.float32)
     else:
         mean, std = torch.zeros(obs_dim), torch.ones(obs_dim)
     scale = corl_reward_scale(real, task.max_episode_steps) if algo_cfg.normalize_reward else 1.0
@@ -351,37 +362,23 @@ def build_normalizer(algo_cfg: AlgoConfig, source: TransitionSource, real: Offli
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------
+def agent_state(agent: Agent, step: int = 0, extra: Optional[dict] = None) -> TrainState:
+    """The agent's resumable state: networks (incl. normaliser and targets) and optimisers."""
+    return TrainState(modules=agent.networks(), optimizers=agent.optimizers(), step=step, extra=dict(extra or {}))
+
+
 def save_checkpoint(path: Path, agent: Agent, step: int, run_meta: dict, extra: dict) -> None:
     """Atomically write networks, normaliser and optimiser states (safetensors) plus JSON metadata."""
-    files = {name: module.state_dict() for name, module in agent.networks().items()}
-    opt_meta = {}
-    for name, opt in agent.optimizers().items():
-        files[name], opt_meta[name] = optimizer_state_to_tensors(opt)
-    write_checkpoint_dir(path, files, {"step": step, "run": run_meta, "optimizers": opt_meta, "extra": extra})
+    agent_state(agent, step, extra).save(path, run_meta)
 
 
 def load_checkpoint(path: Path, agent: Agent, device: torch.device, with_optimizers: bool = True) -> dict:
     """Load a checkpoint written by :func:`save_checkpoint` into ``agent``; returns its metadata."""
-    meta = read_meta(path)
-    for name, module in agent.networks().items():
-        module.load_state_dict(load_tensors(path / f"{name}.safetensors", device))
-    if with_optimizers:
-        for name, opt in agent.optimizers().items():
-            optimizer_state_from_tensors(opt, load_tensors(path / f"{name}.safetensors", device),
-                                         meta["optimizers"][name])
-    return meta
+    return agent_state(agent).load(path, device, with_optimizers=with_optimizers)
 
 
 #: Run settings that must match for a checkpoint to be resumed (``steps`` may grow).
 RESUME_KEYS = ("algo", "algo_config", "task", "seeds", "batch_size", "data", "eval_episodes")
-
-
-def _check_resumable(path: Path, run_meta: dict) -> None:
-    old = read_meta(path)["run"]
-    for key in RESUME_KEYS:
-        if old.get(key) != run_meta.get(key):
-            raise ValueError(f"{path} belongs to a run with a different {key!r} ({old.get(key)!r} vs "
-                             f"{run_meta.get(key)!r}); use a new --out or delete {path.parent}")
 
 
 # --- training ---------------------------------------------------------------------------------------------
@@ -419,7 +416,7 @@ def train_agent(cfg: TrainAgentConfig, source: Optional[TransitionSource] = None
     extra: dict[str, Any] = {"evals": [], "losses": [], "train_seconds": 0.0, "eval_seconds": 0.0}
     step = 0
     if ckpt.exists():
-        _check_resumable(ckpt, run_meta)
+        check_resumable(ckpt, run_meta, RESUME_KEYS, out_hint=out)
         meta = load_checkpoint(ckpt, agent, device)
         step, extra = int(meta["step"]), meta["extra"]
         if meta["run"].get("steps") != cfg.steps and cfg.base_algo == "iql":
@@ -462,9 +459,7 @@ def train_agent(cfg: TrainAgentConfig, source: Optional[TransitionSource] = None
     bar.close()
     _write_curves(out, extra, seeds)
     results = _results(run_meta, extra, cfg.steps)
-    results["plot"] = _plot(out, extra, run_meta)
-    if results["plot"] is None:
-        results["plot_note"] = f"matplotlib is not installed: no {PLOT_FILE} (the data is in {CURVES_FILE})"
+    results["plot"] = _plot(out, run_meta)
     atomic_write_json(out / RESULTS_FILE, results)
     return out
 
@@ -511,29 +506,12 @@ def _results(run_meta: dict, extra: dict, steps: int) -> dict:
     }
 
 
-def _plot(out: Path, extra: dict, run_meta: dict) -> Optional[str]:
-    """Learning curve PNG (mean +- std over seeds); skipped with a message when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: skipping %s (the curves are in %s)", PLOT_FILE, CURVES_FILE)
-        return None
-    steps = np.array([e["step"] for e in extra["evals"]])
-    scores = np.array([e["normalized"] for e in extra["evals"]])
-    mean, std = scores.mean(1), scores.std(1)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, mean, label=f"{run_meta['algo']} ({len(run_meta['seeds'])} seeds)")
-    ax.fill_between(steps, mean - std, mean + std, alpha=0.3)
-    ax.set_xlabel("gradient steps")
-    ax.set_ylabel(f"normalised score ({run_meta['env_id']})")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / PLOT_FILE, dpi=120)
-    plt.close(fig)
-    return PLOT_FILE
+def _plot(out: Path, run_meta: dict) -> Optional[str]:
+    """Learning curve PNG (mean +- std over seeds) from the run's ``curves.json``."""
+    curves = json.loads((out / CURVES_FILE).read_text())
+    path = plot_learning_curves({run_meta["algo"]: curves}, out / PLOT_FILE, f"{run_meta['algo']} on {run_meta['task']}",
+                                ylabel=f"normalised score ({run_meta['env_id']})")
+    return None if path is None else PLOT_FILE
 
 
 # --- evaluation of a finished run ---------------------------------------------------------------------------

@@ -231,7 +231,7 @@ def bench_dawm(algo: str, data: dict, k: int, batch_size: int, steps: int, warmu
     from dawm_env.agents.sources import DatasetSource
     from dawm_env.agents.td3bc import TD3BC, TD3BCConfig
     from dawm_env.data.records import OfflineDataset
-    from dawm_env.training.common import step_rngs
+    from dawm_env.runtime import step_rngs
 
     n = len(data["obs"])
     truncations = np.zeros(n, bool)

@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from dawm_env.data.minari_io import write_minari_dataset
-    from dawm_env.data.policies import default_policy_path, load_sb3_model, sb3_policy_fn
+    from dawm_env.data.policies import default_policy_path, load_policy
     from dawm_env.data.rollout import collect_transitions
     from dawm_env.tasks import get_task
 
@@ -41,12 +41,12 @@ def main() -> None:
     path = default_policy_path(task, args.level)
     if path is None:
         raise SystemExit(f"{args.task} {args.level} needs the behaviour SAC run; benchmark hopper or expert instead")
-    model = load_sb3_model(path, task)
+    policy = load_policy(path, task)
     rows = []
     for n in args.num_envs:
         torch.manual_seed(0)
         t0 = time.perf_counter()
-        data = collect_transitions(task, sb3_policy_fn(model), args.steps, seed=0, num_envs=n, progress=False)
+        data = collect_transitions(task, policy.policy_fn(seed=0), args.steps, seed=0, num_envs=n, progress=False)
         rollout_s = time.perf_counter() - t0
         with tempfile.TemporaryDirectory() as root:
             os.environ["MINARI_DATASETS_PATH"] = root

@@ -42,9 +42,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from _common import matmul_peak_gflops  # benchmarks/ is on sys.path when a script runs
+from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -53,7 +52,8 @@ sys.path.insert(0, str(REPO))
 def make_random_bundle(out: Path, seed_data, preset: str) -> Path:
     """A loadable bundle with untrained weights of the ``preset`` architecture and default IDM."""
     from dawm_env.checkpoint import save_tensors
-    from dawm_env.data.windows import NormStats, returns_to_go
+    from dawm_env.data.normalization import NormStats
+    from dawm_env.data.windows import returns_to_go
     from dawm_env.paths import atomic_write_json
     from dawm_env.tasks import get_task
     from dawm_env.world_model.bundle import BUNDLE_FORMAT, BUNDLE_VERSION
@@ -144,7 +144,7 @@ def main() -> None:
     from minari.data_collector import EpisodeBuffer
 
     from dawm_env.data.minari_io import MinariStreamWriter, write_episode_file, write_minari_dataset
-    from dawm_env.data.policies import default_policy_path, load_sb3_model, sb3_policy_fn
+    from dawm_env.data.policies import default_policy_path, load_policy
     from dawm_env.data.rollout import collect_transitions
     from dawm_env.generation import GenerateConfig, RolloutConfig, RolloutGenerator, generate_dataset
     from dawm_env.tasks import get_task
@@ -164,9 +164,9 @@ def main() -> None:
     if not args.memory_only:
         # --- real dataset build with a behaviour policy in MuJoCo -------------------------------------
         policy_path = default_policy_path(task, "expert") if task.name != "hopper" else default_policy_path(task, "medium")
-        model = load_sb3_model(policy_path, task)
+        policy = load_policy(policy_path, task)
         t0 = time.perf_counter()
-        real = collect_transitions(task, sb3_policy_fn(model), args.real_steps, seed=0, num_envs=16, progress=False)
+        real = collect_transitions(task, policy.policy_fn(seed=0), args.real_steps, seed=0, num_envs=16, progress=False)
         rollout_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         write_minari_dataset(real, "bench/real/medium-v0", algorithm_name="bench", description="bench", provenance={})

@@ -22,9 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from _common import matmul_peak_gflops  # benchmarks/ is on sys.path when a script runs
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def main() -> None:

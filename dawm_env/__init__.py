@@ -1,14 +1,18 @@
 """dawm: Diffusion Action World Models for offline RL.
 
-Layout (data -> world model -> generation / dream env -> agents -> evaluation):
+One import root, layers that import only downwards (``tests/test_layering.py`` enforces it):
 
-- ``dawm_env.tasks``: task constants and termination functions (the one home for task facts).
-- ``dawm_env.data``: D4RL-style dataset building, loading (Minari / D4RL hdf5 / npz), windows and
-  normalisation for the world model.
-- ``training``: training loops (behaviour SAC for D4RL-style data; world model and IDM).
-- ``agents``: offline RL agents.
+1. ``tasks``, ``paths``, ``checkpoint``, ``runtime``, ``plotting``: task facts, file locations, the one
+   checkpoint format (safetensors + JSON), device / RNG setup, plots.
+2. ``data``: D4RL-style datasets (records, loading, Minari I/O, building from the shipped behaviour policies).
+3. ``world_model``: the diffusion world model, the IDM and the bundle (both models + normalisation + seeds).
+4. ``generation``: batched DAWM rollouts and the Minari dataset generator.
+5. ``envs``: the dream Gymnasium envs (``DAWM-Hopper-v0`` ...), single, vector and SB3.
+6. ``agents`` (the repository's ``agents/``): TD3+BC, IQL, DWM, SSORL; ``training`` (``training/``): the world-model
+   and IDM training loops.
+7. ``experiments``: ``dawm demo`` and the paper's tables; 8. ``cli``: the ``dawm`` command.
 
-Importing this package stays light: no torch, no checkpoints.
+Importing this package stays light: it only registers the dream env ids (no torch, no checkpoints).
 """
 
 __version__ = "0.1.0"

@@ -11,8 +11,9 @@ import json
 import os
 import shutil
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -123,18 +124,60 @@ def optimizer_state_from_tensors(opt: torch.optim.Optimizer, tensors: Mapping[st
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def torch_rng_to_tensor(gen: torch.Generator) -> torch.Tensor:
-    """State of a torch generator as a uint8 tensor (storable in safetensors)."""
-    return gen.get_state().clone()
+# --- resumable training state -----------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """Everything a training run needs to continue bit-exactly: modules, optimisers, step, extras.
+
+    One home for the resumable state of every dawm training loop (world model, IDM, agents). The folder
+    holds ``{name}.safetensors`` per module and per optimiser and ``meta.json`` with ``step``, the run's
+    settings (``run``), the optimisers' JSON part and ``extra``.
+
+    Attributes:
+        modules: ``{name: module}``; state dicts saved as ``{name}.safetensors``.
+        optimizers: ``{name: optimiser}``; tensors saved as ``{name}.safetensors``, the rest as JSON.
+        step: optimiser steps done.
+        extra: JSON-serialisable run state (evaluations, best validation loss, EMA counters...).
+    """
+
+    modules: dict[str, torch.nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    step: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path, run_meta: Mapping[str, Any],
+             extra_tensors: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> None:
+        """Atomically write the checkpoint folder ``path`` (the previous one survives a kill mid-write)."""
+        files: dict[str, Mapping[str, torch.Tensor]] = {name: m.state_dict() for name, m in self.modules.items()}
+        opt_meta = {}
+        for name, opt in self.optimizers.items():
+            files[name], opt_meta[name] = optimizer_state_to_tensors(opt)
+        files.update(extra_tensors or {})
+        write_checkpoint_dir(path, files, {"step": self.step, "run": dict(run_meta), "optimizers": opt_meta,
+                                           "extra": self.extra})
+
+    def load(self, path: Path, device: str | torch.device = "cpu", with_optimizers: bool = True) -> dict:
+        """Restore modules (and optimisers) from ``path``; returns the checkpoint's metadata."""
+        meta = read_meta(path)
+        for name, m in self.modules.items():
+            m.load_state_dict(load_tensors(Path(path) / f"{name}.safetensors", device))
+        if with_optimizers:
+            for name, opt in self.optimizers.items():
+                optimizer_state_from_tensors(opt, load_tensors(Path(path) / f"{name}.safetensors", device),
+                                             meta["optimizers"][name])
+        self.step = int(meta["step"])
+        self.extra = dict(meta.get("extra", {}))
+        return meta
 
 
-def numpy_rng_state(rng: np.random.Generator) -> dict:
-    """JSON-serialisable state of a numpy Generator."""
-    return rng.bit_generator.state
+def check_resumable(path: Path, run_meta: Mapping[str, Any], keys: Sequence[str], out_hint: Path | None = None) -> None:
+    """Refuse to resume the checkpoint at ``path`` when any of the run settings ``keys`` differ.
 
-
-def numpy_rng_from_state(state: dict) -> np.random.Generator:
-    """Rebuild a numpy Generator from :func:`numpy_rng_state`."""
-    bg = getattr(np.random, state["bit_generator"])()
-    bg.state = state
-    return np.random.Generator(bg)
+    Raises:
+        ValueError: naming the first differing setting and how to start afresh.
+    """
+    old = read_meta(path)["run"]
+    for key in keys:
+        if old.get(key) != run_meta.get(key):
+            raise ValueError(f"{path} belongs to a run with a different {key!r} ({old.get(key)!r} vs "
+                             f"{run_meta.get(key)!r}); use a new --out or delete {out_hint or path}")

@@ -24,8 +24,18 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from dawm_env import __version__
+
+        typer.echo(f"dawm {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+          version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -33,7 +43,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 def data_build(
     task: str = typer.Option(..., help="hopper, walker2d or halfcheetah."),
     level: str = typer.Option(..., help="random, medium, expert, medium-expert or medium-replay."),
-    policy: Optional[str] = typer.Option(None, help="Path to an SB3 / sb3-contrib policy zip (medium, expert)."),
+    policy: Optional[str] = typer.Option(None, help="A dawm policy .json or an SB3 / sb3-contrib zip (read for its weights, never unpickled); overrides the level's default policy (medium, expert)."),
     steps: int = typer.Option(1_000_000, help="Transitions (per half for medium-expert; SAC step cap for medium-replay)."),
     seed: int = typer.Option(0, help="Seed of episode resets and policy sampling."),
     dataset_id: Optional[str] = typer.Option(None, "--id", help="Minari id to write (default dawm-d4rl/TASK/LEVEL-v0)."),
@@ -61,7 +71,6 @@ def data_info(
     """Episodes, transitions, returns and mean normalised score of a dataset."""
     from dawm_env.data.loading import load_dataset
     from dawm_env.data.summary import summarize
-
     from dawm_env.generation.stats import generation_stats, is_generated_dataset
 
     try:
@@ -141,8 +150,8 @@ def train_world_model_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train (or resume) the diffusion world model; rerun the same command to resume after a kill."""
-    from dawm_env.world_model.bundle import assemble_bundle
     from dawm_env.training.world_model import WorldModelTrainConfig, train_world_model
+    from dawm_env.world_model.bundle import assemble_bundle
 
     try:
         path = train_world_model(WorldModelTrainConfig(
@@ -168,8 +177,8 @@ def train_idm_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train (or resume) the inverse dynamics model; keeps the best validation checkpoint."""
-    from dawm_env.world_model.bundle import assemble_bundle
     from dawm_env.training.idm import IDMTrainConfig, train_idm
+    from dawm_env.world_model.bundle import assemble_bundle
 
     try:
         sizes = tuple(int(h) for h in hidden.split(",")) if hidden else None
@@ -217,7 +226,7 @@ def train_agent_cmd(
             seeds=seeds, seed=seed, eval_every=eval_every, eval_episodes=eval_episodes, bundle=bundle,
             ssorl_fraction=ssorl_fraction, mve_horizon=mve_horizon, online=online, online_pool=online_pool,
             online_refresh_every=online_refresh_every, device=device, threads=threads, progress=progress))
-    except (ValueError, FileNotFoundError, NotImplementedError) as err:
+    except (ValueError, FileNotFoundError) as err:
         _fail(err)
     typer.echo(str(path))
 

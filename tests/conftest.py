@@ -53,9 +53,9 @@ def tiny_bundle(hopper_random, tmp_path_factory):
     Tiny budgets: it exercises every code path, not model quality.
     """
     from dawm_env.data.loading import save_npz
-    from dawm_env.world_model.bundle import assemble_bundle
     from dawm_env.training.idm import IDMTrainConfig, train_idm
     from dawm_env.training.world_model import WorldModelTrainConfig, train_world_model
+    from dawm_env.world_model.bundle import assemble_bundle
 
     root = tmp_path_factory.mktemp("tiny_bundle")
     data_path = str(root / "hopper_random.npz")

@@ -18,7 +18,13 @@ from dawm_env.agents.networks import BatchedMLP, Normalizer
 from dawm_env.agents.sources import DatasetSource, MixSource, ObsMoments, TransitionBatch, corl_reward_scale
 from dawm_env.agents.td3bc import TD3BC, TD3BCConfig
 from dawm_env.agents.train import (
-    TrainAgentConfig, evaluate_run, infer_level, load_agent, load_checkpoint, save_checkpoint, train_agent,
+    TrainAgentConfig,
+    evaluate_run,
+    infer_level,
+    load_agent,
+    load_checkpoint,
+    save_checkpoint,
+    train_agent,
 )
 from dawm_env.data.loading import save_npz
 from dawm_env.data.records import OfflineDataset

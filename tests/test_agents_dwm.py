@@ -12,7 +12,11 @@ import torch
 from dawm_env.agents.iql import IQL, IQLConfig
 from dawm_env.agents.networks import Normalizer
 from dawm_env.agents.sources import (
-    DatasetSource, MixSource, OnlineGeneratedSource, RolloutSource, ValueExpansion,
+    DatasetSource,
+    MixSource,
+    OnlineGeneratedSource,
+    RolloutSource,
+    ValueExpansion,
     value_expansion_rows,
 )
 from dawm_env.agents.td3bc import TD3BC, TD3BCConfig

@@ -15,6 +15,7 @@ from dawm_env.data.build import BuildConfig, build_dataset, default_dataset_id
 from dawm_env.data.loading import load_dataset
 from dawm_env.data.minari_io import read_provenance
 from dawm_env.paths import behavior_run_dir, minari_root
+from dawm_env.tasks import get_task
 
 runner = CliRunner()
 
@@ -62,7 +63,11 @@ def test_policy_level_with_explicit_zip_and_medium_expert(tmp_path):
     data = load_dataset(me)
     assert data.num_transitions == 300
     prov = read_provenance(me)
-    assert "hopper-sac.zip" in prov["medium_policy"]["path"] and "hopper-tqc.zip" in prov["expert_policy"]["path"]
+    # the shipped dawm-format defaults, recorded with the sha256 of their weights
+    assert prov["medium_policy"]["path"].endswith("hopper-sac.json")
+    assert prov["expert_policy"]["path"].endswith("hopper-tqc.json")
+    assert prov["medium_policy"]["algorithm"] == "SAC" and prov["expert_policy"]["algorithm"] == "TQC"
+    assert len(prov["medium_policy"]["weights_sha256"]) == 64
 
 
 def test_interrupted_build_registers_nothing(monkeypatch):
@@ -91,9 +96,20 @@ def _exploding_override(boom):
     return override
 
 
-def test_medium_replay_from_behavior_run_and_resume(monkeypatch):
-    """A tiny behaviour SAC run: interrupted at its first evaluation, then resumed to the end."""
-    from training import behavior_sac
+def _pickle_like_files(folder):
+    return sorted(str(p) for p in folder.rglob("*") if p.suffix in (".pkl", ".pickle", ".zip", ".pt", ".pth"))
+
+
+def test_medium_replay_from_behavior_run_and_resume(monkeypatch, tmp_path):
+    """A tiny behaviour SAC run: interrupted at its first evaluation, then resumed to the end.
+
+    Checkpoints and outputs are safetensors + JSON (+ npz) only, and the resumed run ends exactly where an
+    uninterrupted run does.
+    """
+    from safetensors.numpy import load_file
+
+    from dawm_env.data import behavior_sac
+    from dawm_env.data.policies import load_policy
 
     cfg = behavior_sac.BehaviorSACConfig(task="hopper", max_steps=500, learning_starts=300, eval_every=400,
                                          eval_episodes=1, checkpoint_every_s=0.0)
@@ -106,11 +122,24 @@ def test_medium_replay_from_behavior_run_and_resume(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         behavior_sac.run_behavior_sac(cfg, progress=False)
     run_dir = behavior_run_dir("hopper", 0)
-    assert (run_dir / "checkpoint" / "model.zip").is_file() and not (run_dir / "run.json").exists()
+    assert (run_dir / "checkpoint" / "meta.json").is_file() and not (run_dir / "run.json").exists()
+    assert {"policy.safetensors", "replay.safetensors", "optim_actor.safetensors", "optim_critic.safetensors",
+            "optim_ent_coef.safetensors", "misc.safetensors", "episodes.npz"} <= \
+        {p.name for p in (run_dir / "checkpoint").iterdir()}
+    assert _pickle_like_files(run_dir) == []
     monkeypatch.setattr(behavior_sac, "evaluate_returns", real_eval)
     behavior_sac.run_behavior_sac(cfg, progress=False)
     summary = json.loads((run_dir / "run.json").read_text())
     assert summary["steps"] == 500 and summary["reached_target_at"] is None
+    assert _pickle_like_files(run_dir) == [] and not (run_dir / "checkpoint").exists()
+    medium = load_policy(run_dir / "policy.json", get_task("hopper"))  # the dawm policy format, loaded safely
+    assert medium.algorithm == "SAC" and medium.kind == "squashed_gaussian"
+    # restored weights, optimisers, replay buffer, counters and RNG states: identical to an uninterrupted run
+    monkeypatch.setenv("DAWM_HOME", str(tmp_path / "uninterrupted"))
+    plain_dir = behavior_sac.run_behavior_sac(cfg, progress=False)
+    a, b = load_file(str(run_dir / "policy.safetensors")), load_file(str(plain_dir / "policy.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    monkeypatch.setenv("DAWM_HOME", str(run_dir.parent.parent))
     # the builder reuses the finished run for medium-replay
     dataset_id = build_dataset(BuildConfig("hopper", "medium-replay", steps=500), progress=False)
     data = load_dataset(dataset_id)

@@ -33,8 +33,9 @@ def _cfg(name: str, overrides: dict, root: Path, **kw) -> ExperimentConfig:
 
 @pytest.fixture
 def count_train_calls(monkeypatch) -> list:
-    """Records the output folder of every train_agent call."""
+    """Records the output folder of every train_agent call the experiment runner makes."""
     import dawm_env.agents.train
+    import dawm_env.experiments.runner
 
     calls: list = []
     real = dawm_env.agents.train.train_agent
@@ -43,7 +44,7 @@ def count_train_calls(monkeypatch) -> list:
         calls.append(cfg.out)
         return real(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(dawm_env.agents.train, "train_agent", counted)
+    monkeypatch.setattr(dawm_env.experiments.runner, "train_agent", counted)
     return calls
 
 
@@ -134,17 +135,17 @@ def test_every_agent_experiment_at_smoke_preset(overrides, tmp_path, count_train
 
 
 def test_killed_experiment_resumes_at_the_next_cell(overrides, tmp_path, monkeypatch, count_train_calls):
-    import dawm_env.agents.train
+    import dawm_env.experiments.runner
 
     root = tmp_path / "exp"
-    counted = dawm_env.agents.train.train_agent
+    counted = dawm_env.experiments.runner.train_agent  # the fixture's counting wrapper
 
     def dies_on_second_run(cfg, *args, **kwargs):
         if len(count_train_calls) >= 1:
             raise KeyboardInterrupt  # a kill after the first cell finished
         return counted(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(dawm_env.agents.train, "train_agent", dies_on_second_run)
+    monkeypatch.setattr(dawm_env.experiments.runner, "train_agent", dies_on_second_run)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(_cfg("table5", overrides, root), echo=lambda _: None)
     partial = json.loads((root / "table5" / "results.json").read_text())
@@ -152,7 +153,7 @@ def test_killed_experiment_resumes_at_the_next_cell(overrides, tmp_path, monkeyp
     first = next(iter((root / "cells").glob("*.json")))
     stamp = first.stat().st_mtime_ns
 
-    monkeypatch.setattr(dawm_env.agents.train, "train_agent", counted)
+    monkeypatch.setattr(dawm_env.experiments.runner, "train_agent", counted)
     res = run_experiment(_cfg("table5", overrides, root), echo=lambda _: None)
     assert res["complete"] and len(count_train_calls) == 2  # only the unfinished cell ran
     assert first.stat().st_mtime_ns == stamp
@@ -162,7 +163,7 @@ def test_killed_experiment_resumes_at_the_next_cell(overrides, tmp_path, monkeyp
     longer = _cfg("table5", overrides, root, max_cells=1)
     longer.preset = replace(longer.preset, agent_steps=30)
     res = run_experiment(longer, echo=lambda _: None)
-    assert res["counts"] == {"done": 1, "pending": 1, "unavailable": 0, "skipped": 0}
+    assert res["counts"] == {"done": 1, "pending": 1, "skipped": 0}
     assert count_train_calls[-1] in count_train_calls[:2]  # resumed an existing run folder
     assert json.loads((Path(count_train_calls[-1]) / "results.json").read_text())["steps"] == 30
 

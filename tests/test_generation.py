@@ -13,9 +13,17 @@ import torch
 from dawm_env.data import minari_io
 from dawm_env.data.loading import load_dataset
 from dawm_env.data.minari_io import MinariStreamWriter, iter_episodes_fast, read_provenance, write_minari_dataset
-from dawm_env.generation import (GenerateConfig, RolloutConfig, RolloutGenerator, TransitionStream, generate_dataset,
-                                 generation_stats, is_generated_dataset, select_seed_pairs)
-from dawm_env.generation import writer as gen_writer
+from dawm_env.generation import (
+    GenerateConfig,
+    RolloutConfig,
+    RolloutGenerator,
+    TransitionStream,
+    generate_dataset,
+    generation_stats,
+    is_generated_dataset,
+    select_seed_pairs,
+    writer as gen_writer,
+)
 from dawm_env.generation.writer import ShardSpec, bundle_hash
 from dawm_env.paths import minari_root
 from dawm_env.tasks import get_task

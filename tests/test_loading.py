@@ -6,8 +6,8 @@ import h5py
 import minari
 import numpy as np
 import pytest
-
 from conftest import assert_same_data
+
 from dawm_env.data.loading import load_dataset, save_npz
 from dawm_env.data.minari_io import write_minari_dataset
 from dawm_env.data.records import OfflineDataset
@@ -157,7 +157,6 @@ def test_terminated_and_truncated_on_the_same_step_survive_every_loader(tmp_path
 
 def test_large_minari_datasets_load_from_a_flat_cache(hopper_random, monkeypatch):
     import dawm_env.data.loading as loading
-    import dawm_env.data.minari_io as minari_io
 
     monkeypatch.setattr(loading, "CACHE_MIN_EPISODES", 1)  # the fixture is small: cache it anyway
     write_minari_dataset(hopper_random, "test/hopper/cached-v0", algorithm_name="random", description="t",
@@ -169,7 +168,7 @@ def test_large_minari_datasets_load_from_a_flat_cache(hopper_random, monkeypatch
     def no_episode_reads(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(minari_io, "iter_episodes_fast", no_episode_reads)
+    monkeypatch.setattr(loading, "iter_episodes_fast", no_episode_reads)
     second = load_dataset("test/hopper/cached-v0")
     assert_same_data(first, second)
     np.testing.assert_array_equal(first.seeds, second.seeds)

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from dawm_env.checkpoint import CheckpointError, load_tensors
 from dawm_env.cli import app
 from dawm_env.data.loading import save_npz
-from dawm_env.world_model.bundle import Bundle, assemble_bundle, resolve_bundle
 from dawm_env.training.idm import IDMTrainConfig, train_idm
 from dawm_env.training.world_model import WorldModelTrainConfig, train_world_model
+from dawm_env.world_model.bundle import Bundle, assemble_bundle, resolve_bundle
 
 runner = CliRunner()
 TINY_WM = dict(preset="cpu", batch_size=16, progress=False, threads=1)
@@ -97,7 +97,7 @@ def test_quality_curve_is_written_and_leaves_training_unchanged(hopper_npz, tmp_
 
 
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
-    from dawm_env.training.common import TrainState
+    from dawm_env.checkpoint import TrainState, check_resumable
 
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -105,11 +105,12 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
         opt.zero_grad()
         net(torch.randn(5, 4)).square().sum().backward()
         opt.step()
-    TrainState({"net": net}, opt, step=3, extra={"best": 1.5}).save(tmp_path / "ck", {"k": 1})
+    TrainState({"net": net}, {"adam": opt}, step=3, extra={"best": 1.5}).save(tmp_path / "ck", {"k": 1})
     net2 = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     opt2 = torch.optim.Adam(net2.parameters(), lr=1e-3)
-    state = TrainState({"net": net2}, opt2)
-    state.load(tmp_path / "ck", {"k": 1}, ("k",), torch.device("cpu"))
+    state = TrainState({"net": net2}, {"adam": opt2})
+    check_resumable(tmp_path / "ck", {"k": 1}, ("k",))
+    state.load(tmp_path / "ck")
     assert state.step == 3 and state.extra == {"best": 1.5}
     for p, q in zip(net.state_dict().values(), net2.state_dict().values()):
         assert torch.equal(p, q)
@@ -118,7 +119,7 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
         for key in ("exp_avg", "exp_avg_sq"):
             assert torch.equal(s1[pid][key], s2[pid][key])
     with pytest.raises(ValueError, match="different 'k'"):
-        TrainState({"net": net2}, opt2).load(tmp_path / "ck", {"k": 2}, ("k",), torch.device("cpu"))
+        check_resumable(tmp_path / "ck", {"k": 2}, ("k",))
 
 
 def test_bundle_end_to_end_and_cli(hopper_npz, tmp_path):

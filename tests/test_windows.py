@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from dawm_env.data.normalization import NormStats
 from dawm_env.data.records import OfflineDataset
-from dawm_env.data.windows import NormStats, gather_windows, returns_to_go, window_starts
+from dawm_env.data.windows import gather_windows, returns_to_go, window_starts
 
 
 def test_windows_never_cross_episodes(hopper_random):

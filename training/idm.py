@@ -17,11 +17,14 @@ from typing import Optional
 import numpy as np
 import torch
 
+from dawm_env.checkpoint import TrainState, check_resumable
 from dawm_env.data.loading import load_dataset
-from dawm_env.data.windows import NormStats
+from dawm_env.data.normalization import NormStats
+from dawm_env.runtime import setup_torch, step_rngs
+from dawm_env.training.common import ModelRunConfig
+from dawm_env.world_model.bundle import write_component
 from dawm_env.world_model.data import heldout_episodes, idm_triples
 from dawm_env.world_model.idm import IDMConfig, InverseDynamics
-from dawm_env.training.common import ModelRunConfig, TrainState, setup_torch, step_rngs
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +72,12 @@ def train_idm(cfg: IDMTrainConfig) -> Path:
     model = InverseDynamics.from_config(idm_cfg, data.obs_dim, data.act_dim).to(device)
     best = copy.deepcopy(model).eval()
     opt = torch.optim.Adam(model.parameters(), lr=idm_cfg.lr)
-    state = TrainState(modules={"model": model, "best": best}, optimizer=opt,
+    state = TrainState(modules={"model": model, "best": best}, optimizers={"optimizer": opt},
                        extra={"best_val_nll": float("inf"), "best_step": 0, "history": []})
     ckpt = out / CKPT_DIR
     if ckpt.exists():
-        state.load(ckpt, run_meta, arch, device)
+        check_resumable(ckpt, run_meta, arch)
+        state.load(ckpt, device)
         log.info("resumed IDM from %s at step %d", ckpt, state.step)
 
     gen = torch.Generator(device=device)
@@ -104,7 +108,6 @@ def train_idm(cfg: IDMTrainConfig) -> Path:
             state.save(ckpt, run_meta)
     bar.close()
 
-    from dawm_env.world_model.bundle import write_component
 
     write_component(out, IDM_FILE, best.state_dict(), {**run_meta, "steps": state.step,
                                                         "best_val_nll": state.extra["best_val_nll"],

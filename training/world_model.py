@@ -30,13 +30,16 @@ from typing import Optional
 import numpy as np
 import torch
 
+from dawm_env.checkpoint import TrainState, check_resumable
 from dawm_env.data.loading import load_dataset
 from dawm_env.paths import atomic_write_json
+from dawm_env.runtime import setup_torch, step_rngs
+from dawm_env.training.common import ModelRunConfig
+from dawm_env.world_model.bundle import write_component
 from dawm_env.world_model.config import WorldModelConfig
 from dawm_env.world_model.data import WindowSource
 from dawm_env.world_model.diffusion import EMA, GaussianDiffusion
 from dawm_env.world_model.evaluation import evaluate_world_model, heldout_starts
-from dawm_env.training.common import ModelRunConfig, TrainState, setup_torch, step_rngs
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +97,11 @@ def train_world_model(cfg: WorldModelTrainConfig) -> Path:
     model = GaussianDiffusion.from_config(model_cfg, data.obs_dim, data.act_dim).to(device)
     ema = EMA(model, model_cfg.ema_decay, model_cfg.ema_every, model_cfg.ema_start)
     opt = torch.optim.Adam(model.parameters(), lr=model_cfg.lr)
-    state = TrainState(modules={"model": model, "ema": ema.model}, optimizer=opt)
+    state = TrainState(modules={"model": model, "ema": ema.model}, optimizers={"optimizer": opt})
     ckpt = out / CKPT_DIR
     if ckpt.exists():
-        state.load(ckpt, run_meta, ("architecture", "dataset_fingerprint", "seed", "world_size", "split_seed"), device)
+        check_resumable(ckpt, run_meta, ("architecture", "dataset_fingerprint", "seed", "world_size", "split_seed"))
+        state.load(ckpt, device)
         ema.num_steps = int(state.extra["ema_num_steps"])
         log.info("resumed from %s at step %d", ckpt, state.step)
     # clamp predicted x_0 to the data's range while sampling (3-step sampling needs it); set after a resume
@@ -170,7 +174,6 @@ def train_world_model(cfg: WorldModelTrainConfig) -> Path:
 
     # --- final EMA weights ----------------------------------------------------------------------
     if rank == 0:
-        from dawm_env.world_model.bundle import write_component
 
         write_component(out, WORLD_MODEL_FILE, ema.model.state_dict(), {**run_meta, "steps": state.step})
         writer.close()

@@ -7,11 +7,19 @@ lr 3e-4, batch 256, 10k random warm-up steps).
 
 Every episode the agent plays is recorded by a wrapper (its reset seed included), so the replay
 dataset is exact: terminations and time-limit truncations kept apart, the episode running when the
-target is reached marked truncated. The run checkpoints at episode boundaries (SB3 model + SB3 replay
-buffer + our recorded episodes) and a rerun resumes from the last checkpoint.
+target is reached marked truncated. The run checkpoints at episode boundaries and a rerun resumes from
+the last checkpoint.
 
-Outputs in ``behavior_run_dir(task, seed)``: ``policy.zip`` (the medium policy), ``replay.npz``
-(D4RL qlearning layout plus timeouts, seeds and episode offsets) and ``run.json``.
+No pickles: a checkpoint is a folder of safetensors files (SAC's actor / critic / critic-target weights, the
+three optimisers' tensors, ``log_ent_coef``, torch's RNG state, the filled part of the replay buffer) plus
+``meta.json`` (step / update / episode counters, optimiser hyper-parameters, numpy and action-space RNG
+states, the evaluation history) and ``episodes.npz`` (our recorded episodes); it is restored into a freshly
+constructed SB3 SAC. The checkpoint is taken after the step's gradient update, so a resumed run continues
+exactly where the checkpointed one was.
+
+Outputs in ``behavior_run_dir(task, seed)``: ``policy.json`` + ``policy.safetensors`` (the medium policy's
+actor, in the dawm policy format of :mod:`dawm_env.data.policies`), ``replay.npz`` (D4RL qlearning layout
+plus timeouts, seeds and episode offsets) and ``run.json``.
 """
 
 from __future__ import annotations
@@ -21,11 +29,21 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import gymnasium as gym
 import numpy as np
 
+from dawm_env.checkpoint import (
+    CheckpointError,
+    load_tensors,
+    optimizer_state_from_tensors,
+    optimizer_state_to_tensors,
+    read_meta,
+    save_tensors,
+)
+from dawm_env.data.loading import load_npz, save_npz
+from dawm_env.data.policies import save_sb3_actor, sb3_policy_fn
 from dawm_env.data.records import OfflineDataset
 from dawm_env.data.rollout import evaluate_returns
 from dawm_env.paths import atomic_write_json, behavior_run_dir
@@ -130,6 +148,107 @@ def _lock_run(run_dir: Path):
     return fh
 
 
+CHECKPOINT_FORMAT = "dawm-behavior-sac-checkpoint"
+CHECKPOINT_VERSION = 1
+_OPTIMIZERS = ("actor", "critic", "ent_coef")
+_BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+def _optimizers(model: Any) -> dict[str, Any]:
+    opts = {"actor": model.actor.optimizer, "critic": model.critic.optimizer,
+            "ent_coef": getattr(model, "ent_coef_optimizer", None)}
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+def save_sac_state(model: Any, folder: Path, extra: Optional[dict] = None) -> None:
+    """Write everything needed to continue training ``model`` (an SB3 SAC) into ``folder``, without pickles.
+
+    Tensors go to safetensors (``policy``, ``optim_<name>``, ``misc``, ``replay``), the rest to ``meta.json``;
+    ``extra`` (JSON) is stored in the meta under ``"run"``. The caller makes the folder appear atomically.
+    """
+    import torch
+
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_tensors(folder / "policy.safetensors", model.policy.state_dict())
+    optim_meta = {}
+    for name, opt in _optimizers(model).items():
+        tensors, meta = optimizer_state_to_tensors(opt)
+        save_tensors(folder / f"optim_{name}.safetensors", tensors)
+        optim_meta[name] = meta
+    misc = {"torch_rng": torch.get_rng_state()}
+    if getattr(model, "log_ent_coef", None) is not None:
+        misc["log_ent_coef"] = model.log_ent_coef.detach()
+    save_tensors(folder / "misc.safetensors", misc)
+    buf = model.replay_buffer
+    if buf.optimize_memory_usage:
+        raise ValueError("checkpointing a replay buffer with optimize_memory_usage=True is not supported")
+    n = buf.buffer_size if buf.full else buf.pos  # only the filled part: the rest is zeros
+    save_tensors(folder / "replay.safetensors", {k: torch.from_numpy(getattr(buf, k)[:n]) for k in _BUFFER_ARRAYS})
+    np_state = np.random.get_state()
+    meta = {
+        "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+        "num_timesteps": int(model.num_timesteps), "n_updates": int(model._n_updates),
+        "episode_num": int(model._episode_num), "learning_starts": int(model.learning_starts),
+        "replay": {"pos": int(buf.pos), "full": bool(buf.full), "stored": int(n), "buffer_size": int(buf.buffer_size)},
+        "optimizers": optim_meta,
+        # SB3 samples warm-up actions from the action space's generator and replay batches from numpy's global one
+        "numpy_rng": {"name": np_state[0], "keys": np_state[1].tolist(), "pos": int(np_state[2]),
+                      "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "action_space_rng": model.action_space.np_random.bit_generator.state,
+        "run": extra or {},
+    }
+    atomic_write_json(folder / "meta.json", meta)
+
+
+def load_sac_state(model: Any, folder: Path) -> dict:
+    """Restore :func:`save_sac_state`'s folder into a freshly constructed SB3 SAC ``model``; returns ``"run"``.
+
+    Raises:
+        CheckpointError: the folder is not such a checkpoint or does not fit ``model``.
+    """
+    import torch
+
+    meta = read_meta(folder)
+    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{folder} is not a {CHECKPOINT_FORMAT} v{CHECKPOINT_VERSION} folder")
+    if meta["learning_starts"] != model.learning_starts:
+        raise CheckpointError(f"{folder} was made with learning_starts={meta['learning_starts']}, this run uses "
+                              f"{model.learning_starts}; delete the run folder or use the same setting")
+    try:
+        model.policy.load_state_dict(load_tensors(folder / "policy.safetensors"))
+    except RuntimeError as err:  # shape / key mismatch
+        raise CheckpointError(f"{folder}: the saved SAC networks do not fit this run ({err})") from err
+    opts = _optimizers(model)
+    if set(opts) != set(meta["optimizers"]):
+        raise CheckpointError(f"{folder}: saved optimisers {sorted(meta['optimizers'])} do not fit {sorted(opts)}")
+    for name, opt in opts.items():
+        optimizer_state_from_tensors(opt, load_tensors(folder / f"optim_{name}.safetensors"), meta["optimizers"][name])
+    misc = load_tensors(folder / "misc.safetensors")
+    if "log_ent_coef" in misc:
+        with torch.no_grad():
+            model.log_ent_coef.copy_(misc["log_ent_coef"])  # in place: the optimiser holds this tensor
+    buf, rb = model.replay_buffer, meta["replay"]
+    if rb["buffer_size"] != buf.buffer_size:
+        raise CheckpointError(f"{folder}: replay buffer size {rb['buffer_size']} does not fit {buf.buffer_size}")
+    arrays = load_tensors(folder / "replay.safetensors")
+    for k in _BUFFER_ARRAYS:
+        target = getattr(buf, k)
+        src = arrays[k].numpy()
+        if src.shape != (rb["stored"], *target.shape[1:]) or src.dtype != target.dtype:
+            raise CheckpointError(f"{folder}: replay array {k} {src.shape} {src.dtype} does not fit {target.shape} "
+                                  f"{target.dtype}")
+        target[: rb["stored"]] = src
+    buf.pos, buf.full = rb["pos"], rb["full"]
+    model.num_timesteps, model._n_updates, model._episode_num = meta["num_timesteps"], meta["n_updates"], meta["episode_num"]
+    torch.set_rng_state(misc["torch_rng"])
+    r = meta["numpy_rng"]
+    np.random.set_state((r["name"], np.asarray(r["keys"], dtype=np.uint32), r["pos"], r["has_gauss"],
+                         r["cached_gaussian"]))
+    model.action_space.np_random.bit_generator.state = meta["action_space_rng"]
+    return meta["run"]
+
+
 def run_behavior_sac(cfg: BehaviorSACConfig, progress: bool = True) -> Path:
     """Train (or resume, or reuse) the behaviour SAC run for ``cfg.task``; returns its folder.
 
@@ -139,8 +258,6 @@ def run_behavior_sac(cfg: BehaviorSACConfig, progress: bool = True) -> Path:
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from dawm_env.data.loading import load_npz, save_npz
-    from dawm_env.data.policies import sb3_policy_fn
 
     task = get_task(cfg.task)
     run_dir = behavior_run_dir(task.name, cfg.seed)
@@ -153,30 +270,28 @@ def run_behavior_sac(cfg: BehaviorSACConfig, progress: bool = True) -> Path:
     torch.set_num_threads(cfg.torch_threads)
     target = cfg.target_fraction * task.ref_max_score
 
-    state = {"history": [], "reached_at": None}
+    if (ckpt / "model.zip").is_file():  # written by an older dawm: a pickle, never loaded
+        log.warning("ignoring the old pickle-based checkpoint in %s: the run starts over", ckpt)
+        shutil.rmtree(ckpt)
+    resume = (ckpt / "meta.json").is_file()
     episodes: list[dict] = []
-    if (ckpt / "state.json").is_file():
-        import json
-
-        state = json.loads((ckpt / "state.json").read_text())
+    if resume and (ckpt / "episodes.npz").is_file():
         episodes = _dataset_to_episodes(load_npz(ckpt / "episodes.npz", task=task.name))
     recorder = _EpisodeRecorder(gym.make(task.env_id), base_seed=cfg.seed * 10**6, episodes=episodes)
-    if (ckpt / "model.zip").is_file():
-        model = SAC.load(ckpt / "model.zip", env=recorder, device="cpu")
-        model.load_replay_buffer(ckpt / "replay_buffer.pkl")
+    model = SAC("MlpPolicy", recorder, learning_starts=cfg.learning_starts, seed=cfg.seed, device="cpu")
+    state: dict = {"history": [], "reached_at": None}
+    if resume:
+        state = load_sac_state(model, ckpt)
         log.info("resumed behaviour run at step %d", model.num_timesteps)
-    else:
-        model = SAC("MlpPolicy", recorder, learning_starts=cfg.learning_starts, seed=cfg.seed, device="cpu")
 
     def save_checkpoint() -> None:
+        # written under a temporary name and swapped in: a kill mid-write keeps the previous checkpoint
         tmp = run_dir / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        model.save(tmp / "model.zip")
-        model.save_replay_buffer(tmp / "replay_buffer.pkl")
+        save_sac_state(model, tmp, extra=state)
         if recorder.episodes:
             save_npz(_episodes_to_dataset(task.name, recorder.episodes), tmp / "episodes.npz")
-        atomic_write_json(tmp / "state.json", state)
         old = run_dir / "checkpoint.old"
         shutil.rmtree(old, ignore_errors=True)
         if ckpt.exists():
@@ -188,6 +303,7 @@ def run_behavior_sac(cfg: BehaviorSACConfig, progress: bool = True) -> Path:
         def __init__(self) -> None:
             super().__init__()
             self.last_ckpt = time.time()
+            self.episode_ended = False
 
         def _on_step(self) -> bool:
             step = self.num_timesteps
@@ -199,15 +315,23 @@ def run_behavior_sac(cfg: BehaviorSACConfig, progress: bool = True) -> Path:
                 if rets.mean() >= target:
                     state["reached_at"] = step
                     return False
-            if self.locals["dones"][0] and time.time() - self.last_ckpt > cfg.checkpoint_every_s:
+            self.episode_ended = bool(self.locals["dones"][0])
+            return True
+
+        def _on_rollout_start(self) -> None:
+            # the next step begins here: the last one's transition is stored and its gradient step taken, so a
+            # checkpoint now is a clean cut (at an episode boundary, the next episode not yet started)
+            if self.episode_ended and time.time() - self.last_ckpt > cfg.checkpoint_every_s:
                 save_checkpoint()
                 self.last_ckpt = time.time()
-            return True
+            self.episode_ended = False
 
     remaining = cfg.max_steps - model.num_timesteps
     if remaining > 0:
         model.learn(remaining, callback=_Control(), reset_num_timesteps=False, progress_bar=progress)
-    model.save(run_dir / "policy.zip")
+    save_sb3_actor(model, run_dir / "policy", source={
+        "run": "dawm behaviour SAC", "task": task.name, "env_id": task.env_id, "seed": cfg.seed,
+        "reached_target_at": state["reached_at"]})
     replay = recorder.to_dataset(task.name, include_current=True)
     save_npz(replay, run_dir / "replay.npz")
     summary = {

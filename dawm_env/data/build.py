@@ -26,8 +26,13 @@ from typing import Optional
 
 import numpy as np
 
+from dawm_env.data.behavior_sac import BehaviorSACConfig, run_behavior_sac
+from dawm_env.data.loading import load_dataset, load_npz
+from dawm_env.data.minari_io import dataset_exists, read_provenance, validate_dataset_id, write_minari_dataset
+from dawm_env.data.policies import default_policy_path, load_policy
 from dawm_env.data.records import OfflineDataset
 from dawm_env.data.rollout import collect_transitions, uniform_random_policy
+from dawm_env.paths import behavior_run_dir, minari_root
 from dawm_env.tasks import LEVEL_PARTS, LEVELS, TaskSpec, get_task
 
 log = logging.getLogger(__name__)
@@ -86,25 +91,26 @@ def _sha256(path: Path) -> str:
 
 def _policy_rollouts(task: TaskSpec, level: str, cfg: BuildConfig, seed_base: int, progress: bool,
                      info: dict) -> OfflineDataset:
-    """Rollouts of the level's policy (``cfg.policy`` or the default) with stochastic actions."""
-    import torch
+    """Rollouts of the level's policy (``cfg.policy`` or the default) with stochastic actions.
 
-    from dawm_env.data.policies import default_policy_path, load_sb3_model, sb3_policy_fn
+    Policies are loaded without unpickling (a dawm ``.json`` / ``.safetensors`` pair, or an SB3 zip read
+    safely); actions are sampled from a generator seeded with ``seed_base``, so a build is reproducible.
+    """
 
     path = Path(cfg.policy) if cfg.policy else default_policy_path(task, level)
     if path is None:  # walker2d / halfcheetah medium: the behaviour SAC run's policy
         run_dir = _behavior_run(task, cfg, progress)
-        path = run_dir / "policy.zip"
-    model = load_sb3_model(path, task)
-    torch.manual_seed(seed_base)  # SB3 samples stochastic actions from torch's global generator
-    info[f"{level}_policy"] = {"path": str(path), "sha256": _sha256(path), "algorithm": type(model).__name__}
-    return collect_transitions(task, sb3_policy_fn(model, deterministic=False), cfg.steps, seed=seed_base,
-                               num_envs=cfg.num_envs, progress=progress, desc=f"{task.name}-{level}")
+        path = run_dir / "policy.json"
+        if not path.is_file() and (run_dir / "policy.zip").is_file():
+            path = run_dir / "policy.zip"  # a run finished by an older dawm: its zip is read safely too
+    policy = load_policy(path, task)
+    info[f"{level}_policy"] = {"path": str(path), "sha256": _sha256(path), "weights_sha256": policy.weights_sha256,
+                               "algorithm": policy.algorithm}
+    return collect_transitions(task, policy.policy_fn(seed=seed_base, deterministic=False), cfg.steps,
+                               seed=seed_base, num_envs=cfg.num_envs, progress=progress, desc=f"{task.name}-{level}")
 
 
 def _behavior_run(task: TaskSpec, cfg: BuildConfig, progress: bool) -> Path:
-    from training.behavior_sac import BehaviorSACConfig, run_behavior_sac
-    from dawm_env.paths import behavior_run_dir
 
     run_dir = behavior_run_dir(task.name, cfg.seed)
     if not (run_dir / "run.json").is_file():
@@ -116,8 +122,6 @@ def _behavior_run(task: TaskSpec, cfg: BuildConfig, progress: bool) -> Path:
 
 def _reuse_built(task: TaskSpec, level: str, cfg: BuildConfig, info: dict) -> Optional[OfflineDataset]:
     """The default-id dataset of ``level`` if it was built with the same steps / seed / envs / policy."""
-    from dawm_env.data.loading import load_dataset
-    from dawm_env.data.minari_io import dataset_exists, read_provenance
 
     dataset_id = default_dataset_id(task.name, level)
     if cfg.policy is not None or not dataset_exists(dataset_id):
@@ -151,7 +155,6 @@ def collect_level(cfg: BuildConfig, progress: bool = True) -> tuple[OfflineDatas
     else:  # medium-replay
         import json
 
-        from dawm_env.data.loading import load_npz
 
         run_dir = _behavior_run(task, cfg, progress)
         data = load_npz(run_dir / "replay.npz", task=task.name)
@@ -164,14 +167,11 @@ def build_dataset(cfg: BuildConfig, progress: bool = True) -> str:
 
     The dataset appears only once complete: an interrupted build leaves nothing registered.
     """
-    from dawm_env.data.minari_io import validate_dataset_id, write_minari_dataset
-    from dawm_env.paths import minari_root
 
     task = _check(cfg)
     dataset_id = cfg.dataset_id or default_dataset_id(task.name, cfg.level)
     validate_dataset_id(dataset_id)  # fail before minutes of rollouts, not after
     if (minari_root() / dataset_id).exists() and not cfg.overwrite:
-        from dawm_env.data.minari_io import read_provenance
 
         built = read_provenance(dataset_id).get("config", {})
         if built == {**asdict(cfg), "dataset_id": cfg.dataset_id}:

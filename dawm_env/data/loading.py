@@ -19,7 +19,9 @@ from typing import Optional
 
 import numpy as np
 
+from dawm_env.data.minari_io import iter_episodes_fast
 from dawm_env.data.records import OfflineDataset
+from dawm_env.paths import dawm_home, minari_root
 from dawm_env.tasks import get_task, task_from_env_id
 
 _D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals")
@@ -81,7 +83,6 @@ def load_minari(dataset_id: str, task: Optional[str] = None) -> OfflineDataset:
             data = OfflineDataset(task_name, *(z[k] for k in _FLAT_FIELDS), source=dataset_id, metadata=meta)
         _check_task(data, task_name, dataset_id)
         return data
-    from dawm_env.data.minari_io import iter_episodes_fast
 
     obs, act, rew, term, trunc = [], [], [], [], []
     seeds: list = []
@@ -120,7 +121,6 @@ def _flat_cache_path(dataset_id: str, data_path: Path, episodes: int) -> Optiona
         return None
     import hashlib
 
-    from dawm_env.paths import dawm_home
 
     st = h5.stat()
     key = hashlib.sha256(f"{dataset_id}|{st.st_size}|{st.st_mtime_ns}|v1".encode()).hexdigest()[:16]
@@ -142,7 +142,6 @@ def _write_flat_cache(path: Path, data: OfflineDataset) -> None:
 
 
 def _minari_root_text() -> str:
-    from dawm_env.paths import minari_root
 
     return str(minari_root())
 

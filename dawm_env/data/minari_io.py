@@ -306,7 +306,6 @@ class MinariStreamWriter:
 
     def __init__(self, dataset_id: str, task: str | TaskSpec, *, algorithm_name: str, description: str,
                  provenance: Optional[dict] = None, overwrite: bool = False) -> None:
-        import h5py
         import minari
 
         validate_dataset_id(dataset_id)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-
 from dawm_env.data.records import OfflineDataset
 from dawm_env.tasks import get_task
 

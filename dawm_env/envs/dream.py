@@ -41,7 +41,10 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from dawm_env.data.loading import load_dataset
+from dawm_env.envs.render import StateRenderer, advance_x, render_fps
 from dawm_env.tasks import TaskSpec, get_task
+from dawm_env.world_model.bundle import Bundle, resolve_bundle
 
 #: Dream env ids by task (also used in error messages).
 ENV_IDS: dict[str, str] = {"hopper": "DAWM-Hopper-v0", "walker2d": "DAWM-Walker2d-v0",
@@ -144,18 +147,17 @@ class DreamConfig:
 # Loaded bundles are shared between env instances (SyncVectorEnv makes N of them; the sampler keeps no
 # state in the modules, so sharing is safe). Keyed by folder, device and bundle.json mtime so a
 # retrained bundle in the same folder is reloaded; a few at most, since they hold the weights.
-_BUNDLE_CACHE: "OrderedDict[tuple[str, str, int], Any]" = OrderedDict()
+_BUNDLE_CACHE: "OrderedDict[tuple[str, str, int], Bundle]" = OrderedDict()
 _BUNDLE_CACHE_SIZE = 4
 
 
-def load_bundle_for(config: DreamConfig) -> Any:
+def load_bundle_for(config: DreamConfig) -> Bundle:
     """Load (or reuse) the bundle of ``config`` and check that it is for ``config.task``.
 
     Raises:
         FileNotFoundError: no such bundle (the message says how to train one).
         ValueError: the bundle is for another task, or is corrupt (``CheckpointError``).
     """
-    from dawm_env.world_model.bundle import Bundle, resolve_bundle
 
     env_id = ENV_IDS[config.task]
     try:
@@ -274,7 +276,6 @@ class DreamDynamics:
         if cfg.start_states == "seeds":
             pool = np.asarray(self.bundle.seed_states, dtype=np.float64)
         else:
-            from dawm_env.data.loading import load_dataset
 
             data = load_dataset(cfg.start_states, task=self.task.name)
             if data.obs_dim != self.task.obs_dim:
@@ -376,7 +377,6 @@ class DreamEnv(gym.Env[np.ndarray, np.ndarray]):
         self.task = self.dynamics.task
         self.observation_space = observation_space(self.task)
         self.action_space = action_space(self.task)
-        from dawm_env.envs.render import render_fps
 
         self.metadata = {**self.metadata, "render_fps": render_fps(self.task.name)}
         self._state: Optional[np.ndarray] = None  # (obs_dim,) float64
@@ -419,7 +419,6 @@ class DreamEnv(gym.Env[np.ndarray, np.ndarray]):
         nxt, rew, term, idm_err = self.dynamics.step(self._state[None], act[None], self.np_random,
                                                      self._prev[None])
         if self.render_mode is not None:  # x is not observed; integrate it only for the picture
-            from dawm_env.envs.render import advance_x
 
             self._x = advance_x(self.task.name, self._x, self._state, nxt[0])
         self._prev, self._state = self._state, nxt[0]
@@ -436,7 +435,6 @@ class DreamEnv(gym.Env[np.ndarray, np.ndarray]):
         if self._state is None:
             raise RuntimeError("call reset() before render()")
         if self._renderer is None:
-            from dawm_env.envs.render import StateRenderer
 
             self._renderer = StateRenderer(self.task.name, self.width, self.height)
         return self._renderer.render(self._state, self._x)

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from dawm_env.tasks import get_task
+
 # obs = (qpos[1:], qvel): nq positions, the first (x) excluded. Checked against the -v5 models in tests.
 QPOS_DIM: dict[str, int] = {"hopper": 6, "walker2d": 9, "halfcheetah": 9}
 # Control period of the real envs (frame_skip * timestep), for x integration and video fps.
@@ -93,7 +95,6 @@ class StateRenderer:
     """
 
     def __init__(self, task: str, width: int = 480, height: int = 480) -> None:
-        from dawm_env.tasks import get_task
 
         self.task = get_task(task)
         ensure_gl_backend()

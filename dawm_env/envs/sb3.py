@@ -22,7 +22,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env import VecEnv
-from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
+from stable_baselines3.common.vec_env.base_vec_env import (
+    VecEnvIndices,
+    VecEnvObs,
+    VecEnvStepReturn,
+)
 
 from dawm_env.envs.dream import check_actions, check_states
 from dawm_env.envs.vector import DreamVectorEnv

@@ -25,8 +25,15 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from dawm_env.envs.dream import (DreamConfig, DreamDynamics, action_space, check_actions,
-                                 check_max_episode_steps, check_states, observation_space)
+from dawm_env.envs.dream import (
+    DreamConfig,
+    DreamDynamics,
+    action_space,
+    check_actions,
+    check_max_episode_steps,
+    check_states,
+    observation_space,
+)
 
 
 class DreamVectorEnv(VectorEnv):

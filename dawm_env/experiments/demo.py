@@ -30,7 +30,22 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from dawm_env.agents.train import (
+    CURVES_FILE,
+    EVALUATION_FILE,
+    RESULTS_FILE as RUN_RESULTS,
+    TrainAgentConfig,
+    evaluate_run,
+    train_agent,
+)
+from dawm_env.data.loading import save_npz
+from dawm_env.data.minari_io import dataset_exists
+from dawm_env.data.records import OfflineDataset
+from dawm_env.experiments.report import format_score, markdown_table
+from dawm_env.generation import GenerateConfig, generate_dataset, generation_stats
 from dawm_env.paths import atomic_write_json, atomic_write_text, minari_root_at
+from dawm_env.plotting import plot_learning_curves
+from dawm_env.world_model.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +105,6 @@ def write_seed_pairs(bundle, pairs: int, path: Path) -> int:
     Returns:
         The number of pairs written (``min(pairs, stored)``).
     """
-    from dawm_env.data.loading import save_npz
-    from dawm_env.data.records import OfflineDataset
 
     n = min(int(pairs), len(bundle.seed_states))
     obs = np.asarray(bundle.seed_states[:n], dtype=np.float32)
@@ -122,12 +135,6 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     """
     import minari
 
-    from dawm_env.agents.train import CURVES_FILE, EVALUATION_FILE, TrainAgentConfig, evaluate_run, train_agent
-    from dawm_env.agents.train import RESULTS_FILE as RUN_RESULTS
-    from dawm_env.data.minari_io import dataset_exists
-    from dawm_env.experiments.report import plot_learning_curves
-    from dawm_env.generation import GenerateConfig, generate_dataset, generation_stats
-    from dawm_env.world_model.bundle import Bundle
 
     out = Path(cfg.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -227,7 +234,6 @@ def _seconds(v: object) -> str:
 
 def demo_summary(results: dict) -> str:
     """The demo's ``summary.md`` from its ``results.json`` dict."""
-    from dawm_env.experiments.report import format_score, markdown_table
 
     cfg, gen, tm = results["config"], results["generation"], results["timings"]
     rows = [
@@ -257,7 +263,7 @@ def demo_summary(results: dict) -> str:
         f"{_seconds(tm.get('train_seconds'))}, final evaluation {_seconds(tm.get('evaluate_seconds'))}, total "
         f"{_seconds(tm.get('total_seconds_this_call'))}",
         "",
-        f"![learning curve]({results['plot']})" if results.get("plot") else "(no plot: matplotlib missing)",
+        f"![learning curve]({results['plot']})" if results.get("plot") else "(no plot: no evaluation recorded)",
         "",
         f"Note: {results.get('score_note') or 'D4RL-normalised scores on the -v5 env; not D4RL v2 numbers.'} "
         "A few minutes of CPU training is far from the paper's 1M steps: the demo shows the pipeline, not the "

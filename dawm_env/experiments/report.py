@@ -12,11 +12,13 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from dawm_env.paths import atomic_write_json, atomic_write_text
+from dawm_env.plotting import finish_figure, plot_learning_curves, pyplot
 from dawm_env.tasks import level_overlap
 
 log = logging.getLogger(__name__)
 
-#: Shown in a table cell without a result (not run yet, or the method is unavailable).
+#: Shown in a table cell without a result (not run yet, or skipped).
 MISSING = "n/a"
 
 
@@ -44,61 +46,6 @@ def average_row(per_row_means: Sequence[Sequence[Optional[float]]]) -> list[Opti
     return [None if any(v is None for v in col) else float(np.mean(col)) for col in cols]
 
 
-def _pyplot():
-    """matplotlib's pyplot on the Agg backend (no display needed), or None when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is a dependency
-        log.warning("matplotlib is not installed: no plots")
-        return None
-    return plt
-
-
-def curve_stats(curves: Mapping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(steps, mean, std)`` over seeds of an agent run's ``curves.json`` (normalised scores)."""
-    steps = np.asarray(curves["steps"], dtype=np.int64)
-    per_seed = np.asarray([curves["normalized"][str(s)] for s in curves["seeds"]], dtype=np.float64)  # (K, E)
-    if per_seed.size == 0:
-        return steps, np.zeros(0), np.zeros(0)
-    return steps, per_seed.mean(0), per_seed.std(0)
-
-
-def plot_learning_curves(series: Mapping[str, Mapping], path: Path, title: str, ylabel: str = "normalised score"
-                         ) -> Optional[Path]:
-    """One mean ± std band per labelled run (``{label: curves.json dict}``) into ``path`` (PNG).
-
-    Returns:
-        ``path``, or None when there was nothing to draw or no matplotlib.
-    """
-    plt = _pyplot()
-    series = {k: v for k, v in series.items() if v and v.get("steps")}
-    if plt is None or not series:
-        return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, curves in series.items():
-        steps, mean, std = curve_stats(curves)
-        ax.plot(steps, mean, label=f"{label} ({len(curves['seeds'])} seeds)")
-        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    ax.set_xlabel("gradient steps")
-    ax.set_ylabel(ylabel)
-    return _finish(plt, fig, ax, path, title)
-
-
-def _finish(plt, fig, ax, path: Path, title: str, grid_axis: str = "both") -> Path:
-    """Title, grid, legend; save ``fig`` to ``path`` (folders created) and close it."""
-    ax.set_title(title)
-    ax.grid(axis=grid_axis, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def plot_grouped_bars(groups: Sequence[str], labels: Sequence[str], means: Sequence[Sequence[Optional[float]]],
                       stds: Sequence[Sequence[Optional[float]]], path: Path, title: str, ylabel: str
                       ) -> Optional[Path]:
@@ -106,9 +53,9 @@ def plot_grouped_bars(groups: Sequence[str], labels: Sequence[str], means: Seque
 
     ``means[g][l]`` / ``stds[g][l]`` may be None (drawn as an empty slot).
     """
-    plt = _pyplot()
-    if plt is None or not groups or not labels:
+    if not groups or not labels:
         return None
+    plt = pyplot()
     n_g, n_l = len(groups), len(labels)
     width = 0.8 / n_l
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + n_g * n_l * 0.45), 4.2))
@@ -121,15 +68,15 @@ def plot_grouped_bars(groups: Sequence[str], labels: Sequence[str], means: Seque
     ax.set_xticks(x)
     ax.set_xticklabels(groups, rotation=20 if n_g > 3 else 0, ha="right" if n_g > 3 else "center")
     ax.set_ylabel(ylabel)
-    return _finish(plt, fig, ax, path, title, grid_axis="y")
+    return finish_figure(fig, ax, path, title, grid_axis="y")
 
 
 def plot_lines(xs: Sequence[float], series: Mapping[str, tuple[Sequence[Optional[float]], Sequence[Optional[float]]]],
                path: Path, title: str, xlabel: str, ylabel: str) -> Optional[Path]:
     """Lines with error bars: ``{label: (means, stds)}`` over ``xs`` (None entries are skipped)."""
-    plt = _pyplot()
-    if plt is None or not series:
+    if not series:
         return None
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for label, (means, stds) in series.items():
         pts = [(x, m, s or 0.0) for x, m, s in zip(xs, means, stds) if m is not None]
@@ -139,7 +86,7 @@ def plot_lines(xs: Sequence[float], series: Mapping[str, tuple[Sequence[Optional
     ax.set_xticks(list(xs))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    return _finish(plt, fig, ax, path, title)
+    return finish_figure(fig, ax, path, title)
 
 
 # --- experiment reports -------------------------------------------------------------------------------
@@ -234,7 +181,6 @@ def consistency_table(results: dict) -> str:
 
 def write_experiment_report(exp, results: dict, folder: Path) -> list[str]:
     """Write ``results.json``, ``table.md`` and the plots of an experiment into ``folder``; returns the plot names."""
-    from dawm_env.paths import atomic_write_json, atomic_write_text
 
     folder.mkdir(parents=True, exist_ok=True)
     plots: list[Optional[Path]] = []

@@ -41,18 +41,35 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
+from dawm_env.agents.train import TrainAgentConfig, train_agent
+from dawm_env.data.build import BuildConfig, build_dataset, default_dataset_id
+from dawm_env.data.loading import load_dataset
+from dawm_env.data.minari_io import dataset_exists, read_provenance
 from dawm_env.experiments.presets import ExperimentPreset
 from dawm_env.experiments.registry import Cell, Experiment, get_experiment
-from dawm_env.paths import atomic_write_json, dawm_home
+from dawm_env.experiments.report import write_experiment_report
+from dawm_env.generation import GenerateConfig, bundle_hash, generate_dataset
+from dawm_env.generation.stats import GENERATED_KIND
+from dawm_env.paths import atomic_write_json, dawm_home, minari_root
+from dawm_env.runtime import setup_torch
 from dawm_env.tasks import LEVELS, get_task
+from dawm_env.training.idm import IDMTrainConfig, train_idm
+from dawm_env.training.world_model import WorldModelTrainConfig, train_world_model
+from dawm_env.world_model.bundle import (
+    Bundle,
+    assemble_bundle,
+    bundle_roots,
+    resolve_bundle,
+)
+from dawm_env.world_model.evaluation import evaluate_bundle
 
 log = logging.getLogger(__name__)
 
 EXP_NAMESPACE = "dawm-exp"
 CELLS_DIR, RUNS_DIR, BUNDLES_DIR = "cells", "runs", "bundles"
 #: Status of a cell record. ``done``: finished (stored); ``pending``: not run yet (``max_cells``);
-#: ``unavailable``: needs a feature this dawm lacks (NotImplementedError); ``skipped``: optional input missing.
-STATUSES = ("done", "pending", "unavailable", "skipped")
+#: ``skipped``: optional input missing.
+STATUSES = ("done", "pending", "skipped")
 
 
 @dataclass
@@ -124,7 +141,6 @@ class Workspace:
     # --- real data --------------------------------------------------------------------------------
     def real_source(self, task: str, level: str) -> str:
         """The real dataset of ``(task, level)``: the override, else the preset's standard id (may not exist yet)."""
-        from dawm_env.data.build import default_dataset_id
 
         override = self.cfg.datasets.get(f"{task}/{level}")
         if override:
@@ -135,8 +151,6 @@ class Workspace:
 
     def existing_real_source(self, task: str, level: str) -> Optional[str]:
         """A real dataset of ``(task, level)`` that is on disk (the preset's, else the standard id), or None."""
-        from dawm_env.data.build import default_dataset_id
-        from dawm_env.data.minari_io import dataset_exists
 
         source = self.real_source(task, level)
         if f"{task}/{level}" in self.cfg.datasets:
@@ -148,8 +162,6 @@ class Workspace:
 
     def ensure_real(self, task: str, level: str) -> str:
         """The real dataset of ``(task, level)``, built with the D4RL-style builder when missing."""
-        from dawm_env.data.build import BuildConfig, build_dataset
-        from dawm_env.data.minari_io import dataset_exists
 
         source = self.real_source(task, level)
         if f"{task}/{level}" in self.cfg.datasets or dataset_exists(source):
@@ -162,7 +174,6 @@ class Workspace:
     # --- bundles ----------------------------------------------------------------------------------
     def bundle_dir(self, task: str, level: str) -> Path:
         """Where the bundle of ``(task, level)`` is, or will be trained (see the module docstring)."""
-        from dawm_env.world_model.bundle import bundle_roots, resolve_bundle
 
         override = self.cfg.bundles.get(f"{task}/{level}")
         if override:
@@ -175,13 +186,10 @@ class Workspace:
 
     def ensure_bundle(self, task: str, level: str) -> Path:
         """The bundle folder of ``(task, level)``, trained with the preset's budgets when none exists."""
-        from dawm_env.world_model.bundle import assemble_bundle
 
         path = self.bundle_dir(task, level)
         if (path / "bundle.json").is_file():
             return path
-        from dawm_env.training.idm import IDMTrainConfig, train_idm
-        from dawm_env.training.world_model import WorldModelTrainConfig, train_world_model
 
         real = self.ensure_real(task, level)
         p = self.p
@@ -197,7 +205,6 @@ class Workspace:
 
     def bundle_hash(self, path: Path) -> str:
         """sha256 of a bundle's files (cached)."""
-        from dawm_env.generation import bundle_hash
 
         key = str(path)
         if key not in self._bundle_hashes:
@@ -240,8 +247,6 @@ class Workspace:
         Raises:
             ValueError: an existing dataset of this id made with a different bundle.
         """
-        from dawm_env.data.minari_io import dataset_exists, read_provenance
-        from dawm_env.generation import GenerateConfig, generate_dataset
 
         gen_id = self.generated_id(cell)
         if dataset_exists(gen_id):
@@ -310,7 +315,6 @@ class Workspace:
         return rec
 
     def _run_agent(self, cell: Cell, key: str) -> dict:
-        from dawm_env.agents.train import TrainAgentConfig, train_agent
 
         p, t0 = self.p, time.perf_counter()
         real = self.ensure_real(cell.task, cell.level)
@@ -323,7 +327,7 @@ class Workspace:
             level=cell.level, device=self.cfg.device, threads=p.threads, progress=self.cfg.progress)
         if cell.algo.startswith("ssorl-"):
             kwargs.update(bundle=str(bundle), ssorl_fraction=p.ssorl_fraction)
-        train_agent(TrainAgentConfig(**kwargs))  # NotImplementedError for algorithms this dawm lacks
+        train_agent(TrainAgentConfig(**kwargs))
         res = json.loads((run_dir / "results.json").read_text())
         return {"status": "done", "key": key, "cell": cell.to_dict(), "real_dataset": real, "generated_dataset": gen_id,
                 "bundle": str(bundle) if bundle else None, "run_dir": str(run_dir), "steps": res["steps"],
@@ -332,10 +336,6 @@ class Workspace:
                 "wall_seconds_this_call": time.perf_counter() - t0, "finished": _now()}
 
     def _run_consistency(self, cell: Cell, key: str) -> dict:
-        from dawm_env.data.loading import load_dataset
-        from dawm_env.world_model.bundle import Bundle
-        from dawm_env.world_model.evaluation import evaluate_bundle
-        from dawm_env.training.common import setup_torch
 
         in_dist = cell.data_level == cell.level
         base = {"key": key, "cell": cell.to_dict(), "in_distribution": in_dist}
@@ -365,9 +365,6 @@ def find_equivalent_generated(request: dict, bundle_sha: str) -> Optional[str]:
     Generation is deterministic given these settings, so such a dataset holds exactly the rollouts the
     experiment would generate; reusing it saves the most expensive stage of a CPU run.
     """
-    from dawm_env.data.minari_io import read_provenance
-    from dawm_env.generation.stats import GENERATED_KIND
-    from dawm_env.paths import minari_root
 
     root = minari_root()
     for meta in sorted(root.glob("**/data/metadata.json")) if root.is_dir() else []:  # <id>/data/metadata.json
@@ -402,7 +399,6 @@ def run_experiment(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -
     """
     from tqdm.auto import tqdm
 
-    from dawm_env.experiments.report import write_experiment_report
 
     exp = get_experiment(cfg.name)
     tasks, levels = resolve_grid(exp, cfg.preset)
@@ -428,12 +424,7 @@ def run_experiment(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -
             if ws.needs_bundle(cell):  # the key covers the bundle's content, known once the bundle exists
                 ws.ensure_bundle(cell.task, cell.level)
                 key = ws.cell_key(cell)
-            try:
-                rec = ws.run_cell(cell, key)
-            except NotImplementedError as err:
-                log.warning("%s %s: unavailable (%s)", cell.env, cell.method, err)
-                rec = {"status": "unavailable", "key": key, "cell": cell.to_dict(), "reason": str(err)}
-            records.append(rec)
+            records.append(ws.run_cell(cell, key))
     finally:
         bar.close()
         results = {

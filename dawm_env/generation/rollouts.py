@@ -25,13 +25,14 @@ the task's return-to-go scale); guidance, sampling steps and temperature are the
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
 
 from dawm_env.data.records import OfflineDataset
-from dawm_env.tasks import TaskSpec
+from dawm_env.tasks import TaskSpec, get_task
+from dawm_env.world_model.bundle import Bundle
 
 #: Where the actions of steps ``h >= 1`` come from (:attr:`RolloutConfig.action_source`).
 ACTION_SOURCES: tuple[str, ...] = ("idm", "random", "repeat")
@@ -81,7 +82,7 @@ class RolloutConfig:
         if self.temperature is not None and self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
 
-    def resolve(self, bundle: Any) -> "RolloutConfig":
+    def resolve(self, bundle: Bundle) -> "RolloutConfig":
         """A copy with every ``None`` replaced by the bundle's / task's value, checked against the model.
 
         Raises:
@@ -265,7 +266,7 @@ class RolloutGenerator:
         ValueError: horizon / sampling steps the bundle cannot do.
     """
 
-    def __init__(self, bundle: Any, config: RolloutConfig = RolloutConfig()) -> None:
+    def __init__(self, bundle: Bundle, config: RolloutConfig = RolloutConfig()) -> None:
         self.bundle = bundle
         self.task: TaskSpec = bundle.task
         self.config = config.resolve(bundle)
@@ -274,6 +275,20 @@ class RolloutGenerator:
     def new_generator(self, seed: int) -> torch.Generator:
         """A torch RNG on the models' device, seeded with ``seed``."""
         return torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def rollouts_from(self, states: np.ndarray, actions: np.ndarray, n: int, rng: np.random.Generator) -> RolloutBatch:
+        """On-the-fly generation: ``n`` rollouts from seed pairs drawn uniformly (with replacement) by ``rng``.
+
+        The model noise is seeded from ``rng`` too, so the result is a pure function of ``rng``'s state.
+
+        Args:
+            states: ``(M, obs_dim)`` raw seed states; actions: ``(M, act_dim)`` their real actions.
+            n: rollouts to generate.
+            rng: draws the seed-pair indices, then the torch seed.
+        """
+        idx = rng.integers(0, len(states), size=int(n))
+        generator = self.new_generator(int(rng.integers(0, 2**63 - 1)))
+        return self.generate(states[idx], actions[idx], generator, seed_index=idx)
 
     @torch.inference_mode()
     def generate(self, states: np.ndarray, actions: np.ndarray, generator: torch.Generator,
@@ -362,14 +377,13 @@ class TransitionStream:
         seed: RNG seed (seed-pair choice and model noise): the stream is reproducible.
     """
 
-    bundle: Any
+    bundle: Bundle
     seed_data: Optional[OfflineDataset] = None
     config: RolloutConfig = RolloutConfig()
     rollouts_per_batch: int = 1024
     seed: int = 0
     _gen: RolloutGenerator = field(init=False, repr=False)
     _rng: np.random.Generator = field(init=False, repr=False)
-    _torch_gen: torch.Generator = field(init=False, repr=False)
     _states: np.ndarray = field(init=False, repr=False)
     _actions: np.ndarray = field(init=False, repr=False)
 
@@ -383,7 +397,6 @@ class TransitionStream:
             self._states, self._actions = self.bundle.seed_states, self.bundle.seed_actions
         self._gen = RolloutGenerator(self.bundle, self.config)
         self._rng = np.random.default_rng(self.seed)
-        self._torch_gen = self._gen.new_generator(self.seed)
 
     @property
     def num_seed_pairs(self) -> int:
@@ -393,8 +406,7 @@ class TransitionStream:
     def sample_rollouts(self, n: Optional[int] = None) -> RolloutBatch:
         """``n`` (default ``rollouts_per_batch``) fresh rollouts from uniformly drawn seed pairs."""
         n = self.rollouts_per_batch if n is None else int(n)
-        idx = self._rng.integers(0, len(self._states), size=n)
-        return self._gen.generate(self._states[idx], self._actions[idx], self._torch_gen, seed_index=idx)
+        return self._gen.rollouts_from(self._states, self._actions, n, self._rng)
 
     def sample(self, n: Optional[int] = None) -> GeneratedTransitions:
         """Transitions of ``n`` (default ``rollouts_per_batch``) fresh rollouts."""
@@ -407,9 +419,8 @@ class TransitionStream:
         return self.sample()
 
 
-def check_task_match(bundle: Any, data: OfflineDataset) -> None:
+def check_task_match(bundle: Bundle, data: OfflineDataset) -> None:
     """Raise ValueError unless ``data`` is data of the bundle's task (name when known, and dimensions)."""
-    from dawm_env.tasks import get_task
 
     if data.task and get_task(data.task).name != bundle.task.name:
         raise ValueError(f"task mismatch: bundle {bundle.path} is for {bundle.task.name}, but seed data "

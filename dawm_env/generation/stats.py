@@ -21,6 +21,12 @@ from typing import Optional
 
 import numpy as np
 
+from dawm_env.data.loading import load_dataset
+from dawm_env.data.minari_io import (
+    DAWM_METADATA_KEY,
+    iter_episodes_fast,
+    read_provenance,
+)
 from dawm_env.data.records import OfflineDataset
 
 #: ``kind`` recorded in the provenance of every generated dataset (how ``dawm data info`` spots one).
@@ -115,7 +121,6 @@ def _resolve_seed(seed: "str | OfflineDataset | None", provenance: dict) -> tupl
     source = seed or provenance.get("seed_dataset", {}).get("source")
     if not source:
         return None, None
-    from dawm_env.data.loading import load_dataset
 
     try:
         return load_dataset(source), str(source)
@@ -138,7 +143,6 @@ def generation_stats(dataset_id: str, seed: "str | OfflineDataset | None" = None
     """
     import minari
 
-    from dawm_env.data.minari_io import DAWM_METADATA_KEY, iter_episodes_fast
 
     ds = minari.load_dataset(dataset_id)
     raw = ds.storage.metadata.get(DAWM_METADATA_KEY)
@@ -185,7 +189,7 @@ def generation_stats(dataset_id: str, seed: "str | OfflineDataset | None" = None
     seed_r_mean = seed_r_std = oor = None
     if seed_data is not None:
         seed_obs = seed_data.observations.astype(np.float64)
-        seed_mean, seed_sd = seed_obs.mean(0), np.maximum(seed_obs.std(0), 1e-6)
+        seed_mean, seed_sd = seed_obs.mean(0), np.maximum(seed_obs.std(0), 1e-6)  # a ratio guard, not a normaliser
         shift = (mean - seed_mean) / seed_sd
         ratio = sd / seed_sd
         seed_r_mean, seed_r_std = float(seed_data.rewards.mean()), float(seed_data.rewards.std())
@@ -215,6 +219,5 @@ def generation_stats(dataset_id: str, seed: "str | OfflineDataset | None" = None
 
 def is_generated_dataset(dataset_id: str) -> bool:
     """Whether a local Minari dataset was written by ``dawm generate`` (reads only its metadata)."""
-    from dawm_env.data.minari_io import read_provenance
 
     return read_provenance(dataset_id).get("kind") == GENERATED_KIND

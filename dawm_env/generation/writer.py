@@ -55,13 +55,26 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import numpy as np
 import torch
 
-from dawm_env.data.minari_io import (SLOW_MINARI_READ_EPISODES, MinariStreamWriter, dataset_exists,
-                                     staging_parent, validate_dataset_id, write_episode_file)
+from dawm_env.data.loading import load_dataset
+from dawm_env.data.minari_io import (
+    SLOW_MINARI_READ_EPISODES,
+    MinariStreamWriter,
+    dataset_exists,
+    staging_parent,
+    validate_dataset_id,
+    write_episode_file,
+)
 from dawm_env.data.records import OfflineDataset
 from dawm_env.data.windows import positions_in_episode
-from dawm_env.generation.rollouts import RolloutConfig, RolloutGenerator, check_task_match, validate_episodes
+from dawm_env.generation.rollouts import (
+    RolloutConfig,
+    RolloutGenerator,
+    check_task_match,
+    validate_episodes,
+)
 from dawm_env.generation.stats import GENERATED_KIND
 from dawm_env.paths import atomic_write_json
+from dawm_env.world_model.bundle import Bundle
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
@@ -308,8 +321,6 @@ class _Run:
     """One configured generation run and its staging folder (see the module docstring)."""
 
     def __init__(self, cfg: GenerateConfig) -> None:
-        from dawm_env.data.loading import load_dataset
-        from dawm_env.world_model.bundle import Bundle
 
         self.cfg = cfg
         self.shard = ShardSpec.parse(cfg.shard) if cfg.shard is not None else ShardSpec.from_env()

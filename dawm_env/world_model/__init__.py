@@ -9,11 +9,11 @@
 Importing this subpackage loads torch (``import dawm_env`` alone does not).
 """
 
-from .blocks import Conv1dBlock, ResidualTemporalBlock, SinusoidalPosEmb, mlp
-from .config import WorldModelConfig
-from .diffusion import EMA, GaussianDiffusion, cosine_beta_schedule, strided_timesteps
-from .idm import IDMConfig, InverseDynamics
-from .unet import TemporalUnet
+from dawm_env.world_model.blocks import Conv1dBlock, ResidualTemporalBlock, SinusoidalPosEmb, mlp
+from dawm_env.world_model.config import WorldModelConfig
+from dawm_env.world_model.diffusion import EMA, GaussianDiffusion, cosine_beta_schedule, strided_timesteps
+from dawm_env.world_model.idm import IDMConfig, InverseDynamics
+from dawm_env.world_model.unet import TemporalUnet
 
 __all__ = [
     "EMA",

@@ -19,15 +19,21 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
 from dawm_env.checkpoint import CheckpointError, load_tensors, save_tensors
-from dawm_env.data.windows import NormStats
+from dawm_env.data.loading import load_dataset
+from dawm_env.data.normalization import NormStats
+from dawm_env.data.windows import returns_to_go
 from dawm_env.paths import atomic_write_json, dawm_home
 from dawm_env.tasks import TaskSpec, get_task
+from dawm_env.world_model.config import WorldModelConfig
+from dawm_env.world_model.diffusion import GaussianDiffusion
+from dawm_env.world_model.evaluation import evaluate_bundle
+from dawm_env.world_model.idm import IDMConfig, InverseDynamics
 
 BUNDLE_FORMAT = "dawm-bundle"
 BUNDLE_VERSION = 1
@@ -118,8 +124,8 @@ class Bundle:
 
     path: Path
     task: TaskSpec
-    world_model: Any
-    idm: Any
+    world_model: GaussianDiffusion
+    idm: InverseDynamics
     stats: NormStats
     seed_states: np.ndarray
     seed_actions: np.ndarray
@@ -174,9 +180,6 @@ class Bundle:
     def load(cls, name_or_dir: str | os.PathLike, device: str | torch.device = "cpu",
              expect_task: Optional[str] = None) -> "Bundle":
         """Load a bundle; raises CheckpointError / FileNotFoundError / ValueError with the cause."""
-        from dawm_env.world_model.config import WorldModelConfig
-        from dawm_env.world_model.diffusion import GaussianDiffusion
-        from dawm_env.world_model.idm import IDMConfig, InverseDynamics
 
         path = resolve_bundle(name_or_dir)
         meta = _read_json(path / "bundle.json")
@@ -218,8 +221,6 @@ def assemble_bundle(out: Path, num_seed_pairs: int = 4096, eval_windows: int = 1
         if wm_meta[key] != idm_meta[key]:
             raise CheckpointError(f"{out}: world model and IDM were trained with different {key} "
                                   f"({wm_meta[key]!r} vs {idm_meta[key]!r})")
-    from dawm_env.data.loading import load_dataset
-    from dawm_env.data.windows import returns_to_go
 
     data = load_dataset(wm_meta["dataset"])
     if data.fingerprint() != wm_meta["dataset_fingerprint"]:
@@ -240,7 +241,6 @@ def assemble_bundle(out: Path, num_seed_pairs: int = 4096, eval_windows: int = 1
                      "idm_best_val_nll": idm_meta["best_val_nll"], "idm_best_step": idm_meta["best_step"]},
     }
     atomic_write_json(out / "bundle.json", meta)  # loadable from here on
-    from dawm_env.world_model.evaluation import evaluate_bundle
 
     bundle = Bundle.load(out)
     meta["metrics"] = evaluate_bundle(bundle, data, n_windows=eval_windows, seed=seed)

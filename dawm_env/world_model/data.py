@@ -18,8 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dawm_env.data.normalization import NormStats
 from dawm_env.data.records import OfflineDataset
-from dawm_env.data.windows import NormStats, gather_windows, positions_in_episode, returns_to_go, window_starts
+from dawm_env.data.windows import (
+    gather_windows,
+    positions_in_episode,
+    returns_to_go,
+    window_starts,
+)
 
 
 def heldout_episodes(data: OfflineDataset, fraction: float, seed: int) -> np.ndarray:

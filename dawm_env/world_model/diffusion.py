@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .unet import TemporalUnet
+from dawm_env.world_model.unet import TemporalUnet
 
 if TYPE_CHECKING:
-    from .config import WorldModelConfig
+    from dawm_env.world_model.config import WorldModelConfig
 
 
 def cosine_beta_schedule(n_steps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:

@@ -15,13 +15,17 @@ Generation is conditioned on each window's real return-to-go so generated and re
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
 
 from dawm_env.data.records import OfflineDataset
 from dawm_env.world_model.data import WindowSource, idm_triples
+from dawm_env.world_model.diffusion import GaussianDiffusion
+
+if TYPE_CHECKING:  # bundle.py imports this module
+    from dawm_env.world_model.bundle import Bundle
 
 
 def heldout_pool(source: WindowSource) -> np.ndarray:
@@ -59,7 +63,7 @@ class _WindowErrors:
 
 
 @torch.no_grad()
-def evaluate_world_model(world_model: Any, source: WindowSource, starts: np.ndarray, rew_std: float,
+def evaluate_world_model(world_model: GaussianDiffusion, source: WindowSource, starts: np.ndarray, rew_std: float,
                          seed: int = 0, batch: int = 1024) -> dict:
     """State MSE per horizon step and reward MAE of ``world_model`` on the windows at ``starts``.
 
@@ -72,7 +76,7 @@ def evaluate_world_model(world_model: Any, source: WindowSource, starts: np.ndar
     return errors.metrics()
 
 
-def _sample_windows(world_model: Any, source: WindowSource, starts: np.ndarray, seed: int, batch: int
+def _sample_windows(world_model: GaussianDiffusion, source: WindowSource, starts: np.ndarray, seed: int, batch: int
                     ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Generate the windows at ``starts`` in batches, conditioned on each real window's ``(s_t, a_t)`` and
     return-to-go: yields ``(starts, generated x, real x0, valid)``, tensors ``(B, H + 1, D)`` / ``(B, H + 1)``."""
@@ -87,7 +91,7 @@ def _sample_windows(world_model: Any, source: WindowSource, starts: np.ndarray, 
 
 
 @torch.no_grad()
-def evaluate_bundle(bundle: Any, data: OfflineDataset, n_windows: int = 1024, seed: int = 0,
+def evaluate_bundle(bundle: "Bundle", data: OfflineDataset, n_windows: int = 1024, seed: int = 0,
                     batch: int = 1024) -> dict:
     """Compute the held-out metrics of ``bundle`` (a :class:`~dawm_env.world_model.bundle.Bundle`)."""
     cfg = bundle.meta["world_model_config"]

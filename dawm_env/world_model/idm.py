@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .blocks import mlp
-from .config import DictConfigMixin
+from dawm_env.world_model.blocks import mlp
+from dawm_env.world_model.config import DictConfigMixin
 
 _ACTION_CLAMP = 1.0 - 1e-6
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)

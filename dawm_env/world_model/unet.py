@@ -22,7 +22,14 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .blocks import Conv1dBlock, Downsample1d, ResidualTemporalBlock, SinusoidalPosEmb, Upsample1d, mlp
+from dawm_env.world_model.blocks import (
+    Conv1dBlock,
+    Downsample1d,
+    ResidualTemporalBlock,
+    SinusoidalPosEmb,
+    Upsample1d,
+    mlp,
+)
 
 
 class TemporalUnet(nn.Module):

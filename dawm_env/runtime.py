@@ -1,0 +1,30 @@
+"""Device / thread setup and the per-step RNG keys that every dawm training loop shares."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+
+def setup_torch(device: str, threads: int | None) -> torch.device:
+    """Pick the device and, on CPU, the number of intra-op threads (cores / local processes)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if dev.type == "cpu":
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local))
+    return dev
+
+
+def step_rngs(seed: int, rank: int, step: int, gen: torch.Generator) -> np.random.Generator:
+    """Randomness of one training step, keyed by ``(seed, rank, step)``.
+
+    Batch indices come from the returned numpy generator; noise, diffusion steps and dropout masks from
+    ``gen``, reseeded here. No RNG state has to be checkpointed: a resumed run draws exactly what the
+    uninterrupted run drew, for any number of processes.
+    """
+    gen.manual_seed((seed * 1_000_003 + rank) * 1_000_000_007 + step)
+    return np.random.default_rng([seed, rank, step])

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -38,6 +39,15 @@ def policies_dir() -> Path:
 def behavior_run_dir(task: str, seed: int) -> Path:
     """Folder of the behaviour SAC run that provides medium / medium-replay data for ``task``."""
     return dawm_home() / "behavior" / f"{task}-sac-seed{seed}"
+
+
+def file_sha256(path: str | os.PathLike, into: "hashlib._Hash | None" = None) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MB blocks; with ``into``, feeds that running hash instead."""
+    h = hashlib.sha256() if into is None else into
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -8,7 +8,7 @@ instead (what an agent trained in the dream experiences). Dream frames are drawn
 model from the dreamed state (see ``dawm_env/envs/render.py``).
 
     python examples/dream_vs_real_strip.py --bundle hopper-medium --steps 120 --every 10
-    python examples/dream_vs_real_strip.py --bundle PATH --policy runs/dream_sac_hopper/policy.zip --algo sac
+    python examples/dream_vs_real_strip.py --bundle PATH --policy runs/dream_sac_hopper/policy.zip
 
 Top row: real; bottom row: dream. An episode that ends is drawn greyed from then on.
 Needs offscreen OpenGL (EGL or OSMesa; see ``dawm_env.envs.render``).
@@ -22,6 +22,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from dawm_env.data.policies import load_policy
+from dawm_env.tasks import TaskSpec
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags."""
@@ -31,9 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", default=None, help="bundle name or folder (default: the env's)")
     p.add_argument("--steps", type=int, default=100, help="steps to roll out")
     p.add_argument("--every", type=int, default=10, help="one strip frame every this many steps")
-    p.add_argument("--policy", default=None, help="SB3 policy .zip (default: uniform random actions)")
-    p.add_argument("--algo", choices=("sac", "tqc", "crossq", "td3", "ppo"), default="sac",
-                   help="algorithm class of --policy")
+    p.add_argument("--policy", default=None,
+                   help="dawm policy .json or SB3 SAC / TQC / TD3 .zip, read without unpickling (default: random actions)")
     p.add_argument("--closed-loop", action="store_true", help="policy acts on each env's own observation")
     p.add_argument("--size", type=int, default=200, help="frame width = height in pixels")
     p.add_argument("--seed", type=int, default=0)
@@ -42,21 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_policy(path: Optional[str], algo: str, action_space: Any, seed: int) -> Callable[[np.ndarray], np.ndarray]:
-    """``obs -> action``: a deterministic SB3 policy, or uniform random actions when ``path`` is None."""
+def make_policy(path: Optional[str], task: TaskSpec, action_space: Any, seed: int
+                ) -> Callable[[np.ndarray], np.ndarray]:
+    """``obs -> action``: a saved policy acting deterministically, or uniform random actions when ``path`` is None.
+
+    ``path`` is a dawm policy ``.json`` or an SB3 / sb3-contrib zip (SAC, TQC, TD3), read for its actor weights
+    only: nothing in it is unpickled.
+    """
     if path is None:
         action_space.seed(seed)
         return lambda obs: action_space.sample()
-    if algo in ("tqc", "crossq"):
-        import sb3_contrib
-
-        cls = getattr(sb3_contrib, {"tqc": "TQC", "crossq": "CrossQ"}[algo])
-    else:
-        import stable_baselines3
-
-        cls = getattr(stable_baselines3, algo.upper())
-    model = cls.load(path, device="cpu")
-    return lambda obs: model.predict(obs, deterministic=True)[0]
+    policy = load_policy(path, task)
+    return lambda obs: policy.act(np.asarray(obs)[None], deterministic=True)[0]
 
 
 def label(frame: np.ndarray, text: str, ended: bool) -> np.ndarray:
@@ -86,7 +85,7 @@ def main() -> None:
                      max_episode_steps=args.steps, **kwargs)
     task = dream.unwrapped.task
     real = gym.make(task.env_id, render_mode="rgb_array", width=args.size, height=args.size)
-    policy = load_policy(args.policy, args.algo, real.action_space, args.seed)
+    policy = make_policy(args.policy, task, real.action_space, args.seed)
 
     real_obs, _ = real.reset(seed=args.seed)
     dream_obs, _ = dream.reset(seed=args.seed, options={"start_state": real_obs})

@@ -17,7 +17,6 @@ namespace keeps self-built data apart from Minari's remote ``mujoco/*`` datasets
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from dawm_env.data.minari_io import dataset_exists, read_provenance, validate_da
 from dawm_env.data.policies import default_policy_path, load_policy
 from dawm_env.data.records import OfflineDataset
 from dawm_env.data.rollout import collect_transitions, uniform_random_policy
-from dawm_env.paths import behavior_run_dir, minari_root
+from dawm_env.paths import behavior_run_dir, file_sha256, minari_root
 from dawm_env.tasks import LEVEL_PARTS, LEVELS, TaskSpec, get_task
 
 log = logging.getLogger(__name__)
@@ -81,14 +80,6 @@ def _check(cfg: BuildConfig) -> TaskSpec:
     return task
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _policy_rollouts(task: TaskSpec, level: str, cfg: BuildConfig, seed_base: int, progress: bool,
                      info: dict) -> OfflineDataset:
     """Rollouts of the level's policy (``cfg.policy`` or the default) with stochastic actions.
@@ -104,7 +95,7 @@ def _policy_rollouts(task: TaskSpec, level: str, cfg: BuildConfig, seed_base: in
         if not path.is_file() and (run_dir / "policy.zip").is_file():
             path = run_dir / "policy.zip"  # a run finished by an older dawm: its zip is read safely too
     policy = load_policy(path, task)
-    info[f"{level}_policy"] = {"path": str(path), "sha256": _sha256(path), "weights_sha256": policy.weights_sha256,
+    info[f"{level}_policy"] = {"path": str(path), "sha256": file_sha256(path), "weights_sha256": policy.weights_sha256,
                                "algorithm": policy.algorithm}
     return collect_transitions(task, policy.policy_fn(seed=seed_base, deterministic=False), cfg.steps,
                                seed=seed_base, num_envs=cfg.num_envs, progress=progress, desc=f"{task.name}-{level}")

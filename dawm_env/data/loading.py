@@ -86,7 +86,7 @@ def load_minari(dataset_id: str, task: Optional[str] = None) -> OfflineDataset:
 
     obs, act, rew, term, trunc = [], [], [], [], []
     seeds: list = []
-    for ep in iter_episodes_fast(dataset_id, with_infos=False):  # ~4x faster than Minari's iterate_episodes
+    for ep in iter_episodes_fast(dataset_id, with_infos=False):  # faster than Minari's iterate_episodes
         seeds.append(ep["seed"])
         if not isinstance(ep["observations"], np.ndarray):
             raise ValueError(f"{dataset_id}: dict / tuple observations are not supported (need a Box space)")

@@ -4,15 +4,15 @@ Minari writes a dataset in place; an interrupted write leaves a half-written fol
 ``minari list local`` then trips over. dawm writes into a staging root on the same filesystem and
 renames the finished folder into place, so a dataset id is either absent or complete.
 
-Speed: Minari's own HDF5 writer (``create_dataset_from_buffers`` / ``storage.update_episodes``) costs
-about 1.7 ms per episode on this machine, whatever the episode length: per episode it creates a group
-and five to seven *chunked, resizable* datasets through h5py's high-level API (and each such dataset
-takes ~3 KB of chunk index on disk, 21 KB per 7-step episode in total). At millions of short generated
+Speed: Minari's own HDF5 writer (``create_dataset_from_buffers`` / ``storage.update_episodes``) has a
+fixed cost per episode, whatever the episode length: per episode it creates a group and five to seven
+*chunked, resizable* datasets through h5py's high-level API (each with a chunk index on disk). At millions of short generated
 episodes that dominates everything else. :class:`MinariStreamWriter` writes the very same layout
 (``episode_{i}`` groups with ``id`` / ``total_steps`` / ``seed`` attributes, ``observations``,
 ``actions``, ``rewards``, ``terminations``, ``truncations`` and an ``infos`` group) through h5py's
 low-level API, with small arrays in HDF5's *compact* layout (stored inside the object header, no
-separate allocation) and larger ones contiguous: ~0.4 ms per episode and ~3.4 KB per 7-step episode.
+separate allocation) and larger ones contiguous: several times faster and smaller per short episode
+(``benchmarks/generation_speed.py`` measures it).
 Minari reads it with its unmodified reader. The only difference: the arrays are not resizable, so
 ``storage.update_episodes`` cannot later *extend an existing episode* (adding new episodes works).
 """
@@ -205,9 +205,9 @@ def iter_episodes_fast(dataset_id: str, indices: Optional[Sequence[int]] = None,
                        with_infos: bool = True) -> Iterator[dict]:
     """Episodes of a local HDF5 Minari dataset with flat (Box) spaces, read with h5py's low-level API.
 
-    Minari's ``iterate_episodes`` costs ~1.8 ms per episode on this machine (for Minari's own files and
-    dawm's alike); this reader ~0.5 ms. Datasets with dict / tuple spaces or another storage format
-    fall back to Minari's reader.
+    Several times faster per episode than Minari's ``iterate_episodes`` (for Minari's own files and dawm's
+    alike): it skips the space decoding and the high-level h5py objects. Datasets with dict / tuple spaces or
+    another storage format fall back to Minari's reader.
 
     Args:
         dataset_id: local Minari id.
@@ -357,7 +357,7 @@ class MinariStreamWriter:
     def append_episode_file(self, path: str | os.PathLike) -> None:
         """Copy every episode of a :func:`write_episode_file` file, renumbered after the current ones.
 
-        HDF5 copies the groups as they are (no decode / re-encode): ~0.12 ms per episode.
+        HDF5 copies the groups as they are (no decode / re-encode).
         """
         import h5py
 
@@ -460,7 +460,7 @@ def write_minari_dataset(
 
     ``eval_env`` and D4RL's reference returns are stored so ``minari.get_normalized_score`` works;
     per-episode reset seeds go into each episode; ``provenance`` (JSON-serialisable) is stored under
-    the ``dawm`` metadata key. Written through :class:`MinariStreamWriter` (~4x faster than Minari's
+    the ``dawm`` metadata key. Written through :class:`MinariStreamWriter` (faster than Minari's
     own writer, same on-disk layout).
 
     Args:

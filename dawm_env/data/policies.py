@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import io
 import json
 import os
@@ -35,7 +34,7 @@ import torch
 from torch import nn
 
 from dawm_env.data.rollout import PolicyFn
-from dawm_env.paths import atomic_write_json, policies_dir
+from dawm_env.paths import atomic_write_json, file_sha256, policies_dir
 from dawm_env.tasks import TaskSpec
 
 FORMAT = "dawm-behavior-policy"
@@ -193,7 +192,7 @@ def save_policy(out_stem: str | os.PathLike, spec: Mapping[str, Any], weights: M
     tmp = st_path.with_name(f".{st_path.name}.tmp")
     save_file(tensors, str(tmp))  # no header metadata: safetensors writes it in random order, the JSON has it
     os.replace(tmp, st_path)
-    meta = {**spec, "format": FORMAT, "format_version": FORMAT_VERSION, "weights_sha256": _sha256(st_path)}
+    meta = {**spec, "format": FORMAT, "format_version": FORMAT_VERSION, "weights_sha256": file_sha256(st_path)}
     json_path = Path(f"{stem}.json")
     atomic_write_json(json_path, meta)
     # temp files are created 0600; policies are shipped / shared data, so give them the usual read mode
@@ -218,7 +217,7 @@ def _load_dawm(json_path: Path, st_path: Path) -> BehaviorPolicy:
                          f"(this dawm reads version {FORMAT_VERSION})")
     if not st_path.is_file():
         raise FileNotFoundError(f"policy file {st_path} does not exist (a dawm policy is a .json + .safetensors pair)")
-    digest = _sha256(st_path)
+    digest = file_sha256(st_path)
     if spec.get("weights_sha256") not in (None, digest):
         raise ValueError(f"{st_path} does not match {json_path} (sha256 {digest[:16]}..., the JSON names "
                          f"{str(spec['weights_sha256'])[:16]}...): the pair was mixed up or one file is corrupt")
@@ -318,7 +317,7 @@ def read_sb3_zip(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
     spec.update({
         "observation_space": _space_from_json(data.get("observation_space"), "observation_space", where),
         "action_space": _space_from_json(data.get("action_space"), "action_space", where),
-        "source": {"format": "sb3-zip", "file": path.name, "sha256": _sha256(path), "policy_module": module,
+        "source": {"format": "sb3-zip", "file": path.name, "sha256": file_sha256(path), "policy_module": module,
                    "sb3_version": version, "num_timesteps": data.get("num_timesteps")},
     })
     return spec, weights
@@ -540,14 +539,6 @@ def _encode_floats(vals: Sequence[float]) -> list:
 
 def _decode_floats(vals: Sequence[Any]) -> list[float]:
     return [float(v) for v in vals]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- defaults per level ---------------------------------------------------------------------------

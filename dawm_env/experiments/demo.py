@@ -55,7 +55,7 @@ MINARI_DIR, AGENT_DIR = "minari", "agents"
 
 @dataclass
 class DemoConfig:
-    """Settings of ``dawm demo`` (one field per CLI flag). The defaults finish in under 10 minutes on 2 CPU cores."""
+    """Settings of ``dawm demo`` (one field per CLI flag). The defaults fit a few CPU-minutes (README: measured)."""
 
     out: str = "runs/dawm-demo"
     """Run folder: seed pairs, the generated Minari root, the agent run and the reports. Rerun to resume."""

@@ -88,9 +88,9 @@ SMOKE = ExperimentPreset(
     idm_steps=60, idm_hidden=(32, 32), idm_batch_size=64, consistency_windows=32, threads=1,
 )
 
-#: What fits 2 CPU cores: hopper-medium, 3 seeds x 30k steps (one K = 3 TD3+BC cell is about 15 CPU-minutes,
-#: IQL about 20), evaluation every 5k steps with 10 episodes, generation from every real pair with H = 7 (1M
-#: rollouts on the 1M-transition dataset: about 30 minutes on 2 quiet cores). A short budget: CORL trains 1M steps.
+#: What fits 2 CPU cores: hopper-medium, 3 seeds x 30k steps, evaluation every 5k steps with 10 episodes,
+#: generation from every real pair with H = 7 (1M rollouts on the 1M-transition dataset; the README's Results
+#: give the measured wall clock). A short budget: CORL trains 1M steps.
 CPU = ExperimentPreset(
     name="cpu", tasks=("hopper",), levels=("medium",), seeds=3, agent_steps=30_000, eval_every=5000,
     eval_episodes=10, generation_subsample=1, generation_repeats=1, dataset_steps=None, wm_preset="cpu",

@@ -38,8 +38,8 @@ from dawm_env.world_model.bundle import Bundle
 ACTION_SOURCES: tuple[str, ...] = ("idm", "random", "repeat")
 
 #: Names of the per-step infos stored with every generated transition. The step ``h`` within the
-#: rollout is not stored: it is the row's position in its episode (every HDF5 dataset costs ~40 us per
-#: episode to write, a tenth of the write cost).
+#: rollout is not stored: it is the row's position in its episode (every HDF5 dataset per episode adds
+#: to the write cost, which dominates generation on a CPU).
 INFO_KEYS: tuple[str, ...] = ("seed_index", "repeat", "idm_std")
 
 

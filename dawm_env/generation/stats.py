@@ -8,9 +8,8 @@
   IDM's pre-tanh std, over IDM-inferred transitions only (``step >= 1``; step 0 uses the real action;
   none in datasets generated with another ``action_source``).
 
-The generated dataset is streamed episode by episode (at most ``max_episodes``, evenly spaced, read at
-~0.5 ms per episode with :func:`~dawm_env.data.minari_io.iter_episodes_fast`), so this works on
-datasets far larger than memory.
+The generated dataset is streamed episode by episode (at most ``max_episodes``, evenly spaced, read with
+:func:`~dawm_env.data.minari_io.iter_episodes_fast`), so this works on datasets far larger than memory.
 """
 
 from __future__ import annotations
@@ -135,8 +134,8 @@ def generation_stats(dataset_id: str, seed: "str | OfflineDataset | None" = None
     Args:
         dataset_id: a dataset written by ``dawm generate``.
         seed: the seed dataset (id / path / loaded); None = the one recorded in the provenance.
-        max_episodes: analyse at most this many evenly spaced episodes (None = all; the default takes
-            ~25 s at most).
+        max_episodes: analyse at most this many evenly spaced episodes (None = all; the default bounds
+            the time on datasets of millions of episodes).
 
     Raises:
         ValueError: ``dataset_id`` is not a dawm-generated dataset.

@@ -184,11 +184,11 @@ def test_shipped_files_match_the_original_zips(name):
     from sb3_contrib import TQC
     from stable_baselines3 import SAC
 
-    from dawm_env.data.policies import _sha256
+    from dawm_env.paths import file_sha256
 
     zip_path = SHARED_ZIPS / f"{name}.zip"
     shipped = load_policy(SHIPPED_POLICIES_DIR / f"{name}.json")
-    assert shipped.spec["source"]["sha256"] == _sha256(zip_path)
+    assert shipped.spec["source"]["sha256"] == file_sha256(zip_path)
     task = get_task(name.split("-")[0])
     env = gym.make(task.env_id)
     model = (TQC if name.endswith("tqc") else SAC).load(

@@ -136,6 +136,20 @@ def test_guided_eps_endpoints() -> None:
         assert torch.allclose(dm.guided_eps(x, k, a, g, 1.0), eps_c, atol=1e-6)
 
 
+def test_guidance_endpoints_run_one_pass_on_b_rows() -> None:
+    """w = 0 / 1 need only one of the two predictions: the network sees B rows instead of 2B."""
+    dm = tiny_diffusion()
+    b = 3
+    rows: list[int] = []
+    hook = dm.model.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
+    x, k, a, g = torch.randn(b, T, D), torch.randint(0, 5, (b,)), torch.randn(b, ACT), torch.rand(b)
+    with torch.no_grad():
+        for w in (0.0, 1.0, 1.2):
+            dm.guided_eps(x, k, a, g, w)
+    hook.remove()
+    assert rows == [b, b, 2 * b]
+
+
 def test_loss_falls_when_overfitting() -> None:
     dm = tiny_diffusion(cond_drop_prob=0.25)
     x, rtg = random_windows(16, seed=3)

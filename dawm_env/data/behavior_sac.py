@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from dawm_env.checkpoint import (
     CheckpointError,
@@ -166,9 +167,6 @@ def save_sac_state(model: Any, folder: Path, extra: Optional[dict] = None) -> No
     Tensors go to safetensors (``policy``, ``optim_<name>``, ``misc``, ``replay``), the rest to ``meta.json``;
     ``extra`` (JSON) is stored in the meta under ``"run"``. The caller makes the folder appear atomically.
     """
-    import torch
-
-
     folder.mkdir(parents=True, exist_ok=True)
     save_tensors(folder / "policy.safetensors", model.policy.state_dict())
     optim_meta = {}
@@ -207,8 +205,6 @@ def load_sac_state(model: Any, folder: Path) -> dict:
     Raises:
         CheckpointError: the folder is not such a checkpoint or does not fit ``model``.
     """
-    import torch
-
     meta = read_meta(folder)
     if meta.get("format") != CHECKPOINT_FORMAT or meta.get("format_version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{folder} is not a {CHECKPOINT_FORMAT} v{CHECKPOINT_VERSION} folder")
@@ -254,7 +250,6 @@ def run_behavior_sac(cfg: BehaviorSACConfig, progress: bool = True) -> Path:
 
     Safe to interrupt: rerunning resumes from the last checkpoint; a finished run is reused as is.
     """
-    import torch
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 

@@ -242,7 +242,8 @@ class GaussianDiffusion(nn.Module):
         rtg: torch.Tensor,
         guidance_weight: float,
     ) -> torch.Tensor:
-        """Classifier-free guided noise ``eps_u + w (eps_c - eps_u)`` from ONE network call on ``2B``.
+        """Classifier-free guided noise ``eps_u + w (eps_c - eps_u)`` from ONE network call on ``2B`` rows (``B`` for
+        ``w`` = 0 or 1, where one of the two predictions is not needed).
 
         Args:
             x: ``(B, T, D)`` noisy windows (already in-painted).
@@ -254,6 +255,10 @@ class GaussianDiffusion(nn.Module):
             ``(B, T, D)``.
         """
         b = x.shape[0]
+        if guidance_weight in (0.0, 1.0):
+            # w = 1 is the conditional prediction, w = 0 the unconditional one: one pass on B rows, not 2B
+            cond = torch.full((b,), guidance_weight == 1.0, device=x.device, dtype=torch.bool)
+            return self.model(x, k, action0, rtg.reshape(b, 1), cond)
         cond_mask = torch.arange(2 * b, device=x.device) < b  # first half conditional
         out = self.model(
             torch.cat((x, x)), torch.cat((k, k)), torch.cat((action0, action0)),

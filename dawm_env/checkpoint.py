@@ -162,9 +162,13 @@ class TrainState:
         for name, m in self.modules.items():
             m.load_state_dict(load_tensors(Path(path) / f"{name}.safetensors", device))
         if with_optimizers:
+            # checkpoints of dawm <= 0.1.0 world-model / IDM runs kept their one optimiser under "optimizer"
+            opt_meta = meta.get("optimizers") or {"optimizer": meta.get("optimizer")}
             for name, opt in self.optimizers.items():
+                if opt_meta.get(name) is None:
+                    raise CheckpointError(f"{path}: no state for optimiser {name!r}; delete {path} to start afresh")
                 optimizer_state_from_tensors(opt, load_tensors(Path(path) / f"{name}.safetensors", device),
-                                             meta["optimizers"][name])
+                                             opt_meta[name])
         self.step = int(meta["step"])
         self.extra = dict(meta.get("extra", {}))
         return meta

@@ -122,6 +122,29 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
         check_resumable(tmp_path / "ck", {"k": 2}, ("k",))
 
 
+def test_checkpoint_of_the_old_single_optimizer_layout_resumes(tmp_path):
+    """World-model / IDM checkpoints of dawm <= 0.1.0 kept their optimiser's JSON under "optimizer"."""
+    import json
+
+    from dawm_env.checkpoint import CheckpointError, TrainState
+
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    TrainState({"model": net}, {"optimizer": opt}, step=1).save(tmp_path / "ck", {})
+    meta_file = tmp_path / "ck" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["optimizer"] = meta.pop("optimizers")["optimizer"]
+    meta_file.write_text(json.dumps(meta))
+    opt2 = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
+    state = TrainState({"model": torch.nn.Linear(3, 2)}, {"optimizer": opt2})
+    state.load(tmp_path / "ck")
+    assert state.step == 1 and opt2.state_dict()["state"][0]["step"] == 1
+    with pytest.raises(CheckpointError, match="no state for optimiser 'other'"):
+        TrainState({"model": torch.nn.Linear(3, 2)}, {"other": opt2}).load(tmp_path / "ck")
+
+
 def test_bundle_end_to_end_and_cli(hopper_npz, tmp_path):
     out = tmp_path / "bundle"
     train_world_model(WorldModelTrainConfig(dataset=hopper_npz, out=str(out), steps=20, **TINY_WM))

@@ -50,10 +50,26 @@ def file_sha256(path: str | os.PathLike, into: "hashlib._Hash | None" = None) ->
     return h.hexdigest()
 
 
+def new_temp_file(path: Path, suffix: str) -> tuple[int, str]:
+    """A hidden temp file beside ``path`` for a write-then-rename, with the mode a plain ``open`` would give.
+
+    ``tempfile.mkstemp`` creates files 0600; renamed into place they would keep it, and another user could not
+    read a bundle, a dataset cache or a result. The mode is set from the process umask instead.
+
+    Returns:
+        ``(fd, temp path)``, like ``tempfile.mkstemp``.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file + rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = new_temp_file(path, ".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)

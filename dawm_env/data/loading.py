@@ -21,7 +21,7 @@ import numpy as np
 
 from dawm_env.data.minari_io import iter_episodes_fast
 from dawm_env.data.records import OfflineDataset
-from dawm_env.paths import dawm_home, minari_root
+from dawm_env.paths import dawm_home, minari_root, new_temp_file
 from dawm_env.tasks import get_task, task_from_env_id
 
 _D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals")
@@ -129,10 +129,8 @@ def _flat_cache_path(dataset_id: str, data_path: Path, episodes: int) -> Optiona
 
 def _write_flat_cache(path: Path, data: OfflineDataset) -> None:
     """Write the cache atomically (a kill never leaves a half file that a later load would trust)."""
-    import tempfile
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    fd, tmp = new_temp_file(path, ".npz.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **{k: getattr(data, k) for k in _FLAT_FIELDS})

@@ -195,9 +195,6 @@ def save_policy(out_stem: str | os.PathLike, spec: Mapping[str, Any], weights: M
     meta = {**spec, "format": FORMAT, "format_version": FORMAT_VERSION, "weights_sha256": file_sha256(st_path)}
     json_path = Path(f"{stem}.json")
     atomic_write_json(json_path, meta)
-    # temp files are created 0600; policies are shipped / shared data, so give them the usual read mode
-    for p in (st_path, json_path):
-        os.chmod(p, 0o644)
     return json_path
 
 

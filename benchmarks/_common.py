@@ -2,9 +2,51 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
+
+#: Result files the README quotes live here and are never overwritten: a run without ``--out`` writes a new
+#: time-stamped file under ``RESULTS_DIR / "runs"``.
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def add_out_argument(parser: argparse.ArgumentParser, name: str) -> None:
+    """``--out PATH``: where the JSON goes (default: a new ``results/runs/<name>-<UTC time>.json``)."""
+    parser.add_argument("--out", default=None,
+                        help=f"JSON file to write (default: benchmarks/results/runs/{name}-<UTC time>.json); "
+                             "an existing file is never overwritten")
+
+
+def results_path(out: Optional[str], name: str, suffix: str = ".json") -> Path:
+    """The file a run writes: ``out``, or a new time-stamped one under ``results/runs/``."""
+    if out:
+        return Path(out)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return RESULTS_DIR / "runs" / f"{name}-{stamp}{suffix}"
+
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars and the like -> plain JSON values."""
+    return obj.item() if hasattr(obj, "item") else str(obj)
+
+
+def save_results(out: Optional[str], name: str, result: Any) -> Path:
+    """Write ``result`` as JSON to :func:`results_path`, refusing to replace an existing file."""
+    path = results_path(out, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "x") as fh:  # exclusive create: a rerun never overwrites figures the README quotes
+            fh.write(json.dumps(result, indent=2, default=_plain) + "\n")
+    except FileExistsError:
+        raise SystemExit(f"{path} exists (the README may quote it); pass a new --out") from None
+    print(f"saved {path}")
+    return path
 
 
 def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:

@@ -20,7 +20,7 @@ about 1.5x per seed per core; ``--bf16`` (AVX512-BF16 / AMX) roughly doubles mat
 multi-seed gain is expected where a single seed is bound by per-kernel overhead rather than FLOPs: GPUs, and
 more cores than one seed's small matmuls can use.
 
-Saves ``benchmarks/results/agent_speed.json``.
+Saves a new JSON file (``--out``, default ``benchmarks/results/runs/agent_speed-<UTC time>.json``).
 
     python benchmarks/agent_speed.py --threads 2 --seeds 1 5 10 --steps 300
 """
@@ -29,17 +29,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import add_out_argument, save_results  # benchmarks/ is on sys.path when a script runs
 from torch import nn
 
 HOPPER_OBS, HOPPER_ACT = 11, 3
@@ -267,7 +266,7 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true", help="also time dawm with bfloat16 autocast matmuls")
     p.add_argument("--data-size", type=int, default=200_000)
     p.add_argument("--label", default="", help="free text stored with the results (e.g. 'smoke run')")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "agent_speed.json"))
+    add_out_argument(p, "agent_speed")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -309,10 +308,7 @@ def main() -> None:
                  "same run). dawm's K seeds run steps // K timed steps.",
         "rows": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {out}")
+    save_results(args.out, "agent_speed", result)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Measures, for each ``--num-envs`` value, the rollout rate of a real SB3 policy in MuJoCo (batched policy
 calls, stochastic actions), then the Minari write rate of the collected data, and the end-to-end rate.
-Prints a table and saves JSON to ``benchmarks/results/build_throughput.json``.
+Prints a table and saves a new JSON file (``--out``, default ``benchmarks/results/runs/build_throughput-<UTC time>.json``).
 
     python benchmarks/build_throughput.py --task hopper --level medium --steps 100000 --num-envs 1 16 64
 """
@@ -10,15 +10,14 @@ Prints a table and saves JSON to ``benchmarks/results/build_throughput.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
+from _common import add_out_argument, save_results  # benchmarks/ is on sys.path when a script runs
 
 
 def main() -> None:
@@ -28,7 +27,7 @@ def main() -> None:
     parser.add_argument("--level", default="medium", choices=["medium", "expert"])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "build_throughput.json"))
+    add_out_argument(parser, "build_throughput")
     args = parser.parse_args()
 
     from dawm_env.data.minari_io import write_minari_dataset
@@ -68,9 +67,7 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "load_note": os.environ.get("BENCH_NOTE", ""),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {args.out}")
+    save_results(args.out, "build_throughput", result)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ real ``Hopper-v5`` (single env, random actions, resets included) in the same run
 Each dream step generates a whole window (T rows, N_sampling reverse steps, conditional and
 unconditional passes): the cost per transition is about ``2 * N_sampling`` U-Net passes over T rows.
 
-Saves ``benchmarks/results/dream_env_speed.json``.
+Saves a new JSON file (``--out``, default ``benchmarks/results/runs/dream_env_speed-<UTC time>.json``).
 
     python benchmarks/dream_env_speed.py --bundle hopper-medium --threads 2
 """
@@ -20,10 +20,10 @@ import os
 import platform
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import add_out_argument, save_results  # benchmarks/ is on sys.path when a script runs
 
 
 def time_steps(step_fn: Any, make_action: Any, seconds: float, warmup: int, min_steps: int = 3) -> tuple[float, int]:
@@ -81,14 +81,13 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--sampling-steps", type=int, default=None, help="override N (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "dream_env_speed.json"))
+    add_out_argument(p, "dream_env_speed")
     args = p.parse_args()
 
     import torch
 
     import dawm_env  # noqa: F401  (registers the dream ids)
     from dawm_env.envs.dream import DreamConfig, load_bundle_for
-    from dawm_env.paths import atomic_write_json
     from dawm_env.tasks import get_task
 
     torch.set_num_threads(args.threads)
@@ -134,9 +133,7 @@ def main() -> None:
         results["dream_vector"].append(r)
         print(f"dream vector num_envs={n:5d}: {r['steps_per_s']:9.1f} steps/s ({r['ms_per_call']:.1f} ms/call, "
               f"{r['vs_real']:.3f} x real)")
-    out = Path(args.out)
-    atomic_write_json(out, results)
-    print(f"saved {out}")
+    save_results(args.out, "dream_env_speed", results)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ and sampling steps; the termination is the task's function applied to the genera
 ``observations`` only (how dawm computed them before the fix: in hopper that range excludes every terminal
 state, so no generated state could be one).
 
-Saves ``benchmarks/results/generated_falls.json``.
+Saves a new JSON file (``--out``, default ``benchmarks/results/runs/generated_falls-<UTC time>.json``).
 
     python benchmarks/generated_falls.py hopper-medium=dawm-d4rl/hopper/medium-v0 --compare-observation-bounds
 """
@@ -22,12 +22,12 @@ Saves ``benchmarks/results/generated_falls.json``.
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import add_out_argument, save_results  # benchmarks/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,6 +70,7 @@ def main() -> None:
     p.add_argument("--horizon", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    add_out_argument(p, "generated_falls")
     p.add_argument("--compare-observation-bounds", action="store_true",
                    help="also measure with the pre-fix clamp (state bounds from observations only)")
     args = p.parse_args()
@@ -99,11 +100,9 @@ def main() -> None:
             print(f"{bundle_name} on {dataset_id}, clamp {clamp}: fall recall {row['fall_recall']:.3f}, false falls "
                   f"{row['false_falls']:.4f}, H = {args.horizon} early terminations {row['early_terminations']:.4f} "
                   f"(real {row['real_early_terminations']:.4f})", flush=True)
-    out = REPO / "benchmarks" / "results" / "generated_falls.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "generated_falls", "date": datetime.now(timezone.utc).isoformat(),
-                               "torch": torch.__version__, "rows": rows}, indent=1))
-    print("saved", out)
+    save_results(args.out, "generated_falls", {"benchmark": "generated_falls",
+                                               "date": datetime.now(timezone.utc).isoformat(),
+                                               "torch": torch.__version__, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ Figures (all on this machine, ``--threads`` torch threads, default 2):
   ``--memory-chunks`` to see).
 
 Without ``--bundle`` a bundle with *random* weights of the ``--preset`` architecture is made (speed does
-not depend on the weights). Saves ``benchmarks/results/generation_speed.json``.
+not depend on the weights). Saves a new JSON file (``--out``, default ``benchmarks/results/runs/generation_speed-<UTC time>.json``).
 
     python benchmarks/generation_speed.py --preset cpu --pairs 4096            # the real measurement
     python benchmarks/generation_speed.py --pairs 256 --batch-size 256 --real-steps 2000 \\
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import matmul_peak_gflops  # benchmarks/ is on sys.path when a script runs
+from _common import add_out_argument, matmul_peak_gflops, save_results  # benchmarks/ is on sys.path when a script runs
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,7 +137,7 @@ def main() -> None:
     p.add_argument("--memory-only", action="store_true", help="only the memory figure (needs --bundle or makes one)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--peak-gflops", type=float, default=None)
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generation_speed.json"))
+    add_out_argument(p, "generation_speed")
     args = p.parse_args()
 
     import minari
@@ -311,10 +311,8 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "args": vars(args), "load_note": os.environ.get("BENCH_NOTE", ""),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=float) + "\n")
     shutil.rmtree(work, ignore_errors=True)
-    print(f"saved {args.out}")
+    save_results(args.out, "generation_speed", result)
 
 
 if __name__ == "__main__":

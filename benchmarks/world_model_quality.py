@@ -19,6 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
+from _common import add_out_argument, save_results  # benchmarks/ is on sys.path when a script runs
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -30,9 +32,13 @@ def main() -> None:
                    help="training steps/s of this preset on an idle machine (adds idle-machine minutes)")
     p.add_argument("--tolerance", type=float, default=0.05, help="relative distance to the best MSE")
     p.add_argument("--name", default=None, help="results name (default: the run folder's name)")
+    add_out_argument(p, "world_model_quality")
     args = p.parse_args()
 
     run = Path(args.run).expanduser()
+    if not (run / "quality_curve.json").is_file():
+        raise SystemExit(f"{run} has no quality_curve.json: train the world model with --eval-every N (and --out {run}) "
+                         "to record its held-out quality curve")
     record = json.loads((run / "quality_curve.json").read_text())
     curve = record["curve"]
     if not curve:
@@ -53,12 +59,10 @@ def main() -> None:
     print(f"best mean state MSE {best['state_mse_mean']:.4f} at step {best['step']}; within "
           f"{args.tolerance:.0%} of it from step {enough['step']}")
 
-    out_dir = REPO / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"run": str(run), **{k: record[k] for k in ("dataset", "preset", "eval_windows")},
                "quiet_steps_per_s": args.quiet_steps_per_s, "tolerance": args.tolerance,
                "best_step": best["step"], "enough_step": enough["step"], "curve": curve}
-    (out_dir / f"world_model_quality_{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    json_path = save_results(args.out, f"world_model_quality_{name}", summary)
 
     import matplotlib
 
@@ -78,9 +82,9 @@ def main() -> None:
     ax2.plot(x, [q["reward_mae"] for q in curve], marker="o")
     ax2.set(xlabel=ax1.get_xlabel(), ylabel="held-out reward MAE", title="reward")
     fig.tight_layout()
-    png = out_dir / f"world_model_quality_{name}.png"
+    png = json_path.with_suffix(".png")
     fig.savefig(png, dpi=100)
-    print(f"saved {png} and its JSON")
+    print(f"saved {png}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
   classifier-free guidance (conditional + unconditional in one batched call), plus the IDM pass.
 
 The peak is measured in the same run (a large fp32 matmul) unless ``--peak-gflops`` is given.
-Saves ``benchmarks/results/world_model_speed.json``.
+Saves a new JSON file (``--out``, default ``benchmarks/results/runs/world_model_speed-<UTC time>.json``).
 
     python benchmarks/world_model_speed.py --preset cpu --task hopper
 """
@@ -14,15 +14,13 @@ Saves ``benchmarks/results/world_model_speed.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
-from _common import matmul_peak_gflops  # benchmarks/ is on sys.path when a script runs
+from _common import add_out_argument, matmul_peak_gflops, save_results  # benchmarks/ is on sys.path when a script runs
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -36,7 +34,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=4096)
     p.add_argument("--device", default="cpu")
     p.add_argument("--peak-gflops", type=float, default=None)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "world_model_speed.json"))
+    add_out_argument(p, "world_model_speed")
     args = p.parse_args()
 
     from dawm_env.tasks import get_task
@@ -116,9 +114,8 @@ def main() -> None:
               "machine": platform.processor() or platform.machine(),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "load_note": os.environ.get("BENCH_NOTE", "")}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"params {n_params}; saved {args.out}")
+    print(f"params {n_params}")
+    save_results(args.out, "world_model_speed", result)
 
 
 if __name__ == "__main__":

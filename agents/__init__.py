@@ -8,6 +8,7 @@
 - :mod:`dawm_env.agents.evaluation`: K x N episodes in the real ``-v5`` env, D4RL-normalised scores.
 - :mod:`dawm_env.agents.train`: :func:`~dawm_env.agents.train.train_agent` (resumable runs: config, checkpoint, curves, results)
   and :func:`~dawm_env.agents.train.evaluate_run`.
+- :mod:`dawm_env.agents.export`: one seed as a plain policy with SB3's ``predict`` protocol, and a TorchScript export.
 
 Other libraries: ``examples/sb3_td3bc_offline.py`` trains Stable-Baselines3 TD3 (+BC) from a dawm Minari
 dataset; any library that reads Minari can use dawm's datasets directly (recipe in that example's docstring).

@@ -519,3 +519,39 @@ def test_ssorl_relabels_a_fraction_of_episodes_and_trains(hopper_random, hopper_
         TrainAgentConfig(algo="ssorl-iql", dataset=hopper_npz, out=str(tmp_path / "x"))
     with pytest.raises(ValueError, match="pass --synthetic"):
         TrainAgentConfig(algo="dwm-td3bc", dataset=hopper_npz, out=str(tmp_path / "x"))
+
+
+@pytest.mark.parametrize("algo", ["td3bc", "iql"])
+def test_one_seed_exports_as_a_plain_policy_and_torchscript(hopper_npz, tmp_path, algo):
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from dawm_env.agents.export import export_torchscript, load_seed_policy
+    from dawm_env.agents.train import load_agent
+
+    out = train_agent(replace(_cfg(hopper_npz, tmp_path / "run"), algo=algo))
+    agent, _ = load_agent(out)
+    obs = np.random.default_rng(0).normal(size=(6, 11)).astype(np.float32)
+    batched = agent.act(torch.from_numpy(obs).expand(agent.k, -1, -1)).numpy()  # (K, N, act)
+    for member, seed in enumerate(agent.seeds):
+        policy = load_seed_policy(out, seed=seed)
+        actions, state = policy.predict(obs)
+        assert state is None and actions.shape == (6, 3)
+        np.testing.assert_allclose(actions, batched[member], atol=1e-5)  # the agent's own actions, seed by seed
+        np.testing.assert_allclose(policy.predict(obs[0])[0], batched[member, 0], atol=1e-5)
+    assert not np.allclose(batched[0], batched[1])  # the two seeds differ, so the check above can tell them apart
+    path = export_torchscript(out, tmp_path / "policy.pt", seed=agent.seeds[1])
+    scripted = torch.jit.load(str(path))
+    np.testing.assert_allclose(scripted(torch.from_numpy(obs)).numpy(), batched[1], atol=1e-5)
+    with pytest.raises(FileExistsError):
+        export_torchscript(out, path, seed=agent.seeds[1])
+    with pytest.raises(ValueError, match="not one of this run's seeds"):
+        load_seed_policy(out, seed=99)
+    with pytest.raises(ValueError, match="shape"):
+        policy.predict(obs[:, :5])
+    import gymnasium as gym
+    from stable_baselines3.common.monitor import Monitor
+
+    env = Monitor(gym.make("Hopper-v5"))
+    mean, _ = evaluate_policy(policy, env, n_eval_episodes=1)  # SB3's own evaluation runs it as is
+    env.close()
+    assert np.isfinite(mean)

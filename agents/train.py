@@ -449,6 +449,9 @@ def train_agent(cfg: TrainAgentConfig, source: Optional[TransitionSource] = None
                 extra["eval_seconds"] += time.perf_counter() - t_eval
                 t_start = time.perf_counter()
                 bar.set_postfix(score=f"{scores.mean():.1f}")
+                if not cfg.progress:  # no bar to show it: say it in the log
+                    log.info("%s step %d/%d: normalised score %.1f +- %.1f over %d seeds", cfg.algo, step, cfg.steps,
+                             scores.mean(1).mean(), scores.mean(1).std(), k)
                 _write_curves(out, extra, seeds)
             if step % ckpt_every == 0 or step == cfg.steps:
                 extra["train_seconds"] += time.perf_counter() - t_start

@@ -340,8 +340,11 @@ def _cfg(hopper_npz: str, out: Path, algo: str = "td3bc", **kw) -> TrainAgentCon
     return TrainAgentConfig(**base)
 
 
-def test_train_agent_writes_results_matching_curves(hopper_npz, tmp_path):
-    out = train_agent(_cfg(hopper_npz, tmp_path / "run"))
+def test_train_agent_writes_results_matching_curves(hopper_npz, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="dawm_env.agents.train"):
+        out = train_agent(_cfg(hopper_npz, tmp_path / "run"))
+    # without a progress bar every evaluation's score is logged
+    assert sum("normalised score" in r.getMessage() for r in caplog.records) == 2
     for name in ("config.json", "curves.json", "results.json", "checkpoint/meta.json", "checkpoint/actor.safetensors"):
         assert (out / name).exists(), name
     curves = json.loads((out / "curves.json").read_text())

@@ -11,6 +11,7 @@ Run folder (``OUT``)::
     curves.json          per-seed learning curves: normalised score (and returns) at every evaluation, losses
     results.json         last and best normalised score, mean and std over seeds (+ per seed)
     learning_curve.png   mean +- std over seeds
+    tensorboard/         TensorBoard events: training losses (mean over seeds), evaluation scores (mean, per seed)
     evaluation.json      written by :func:`evaluate_run` (fresh episodes of the final policies)
 
 Rerunning the same config resumes from ``checkpoint/`` and continues exactly as the uninterrupted run would:
@@ -41,6 +42,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 from dawm_env.agents.evaluation import (
     FINAL_STREAM,
@@ -91,6 +93,7 @@ BASE_ALGO: dict[str, str] = {"td3bc": "td3bc", "iql": "iql", "ssorl-td3bc": "td3
                              "dwm-td3bc": "td3bc", "dwm-iql": "iql"}
 
 CONFIG_FILE, CKPT_DIR, CURVES_FILE, RESULTS_FILE = "config.json", "checkpoint", "curves.json", "results.json"
+TENSORBOARD_DIR = "tensorboard"
 PLOT_FILE, EVALUATION_FILE = "learning_curve.png", "evaluation.json"
 
 
@@ -430,8 +433,10 @@ def train_agent(cfg: TrainAgentConfig, source: Optional[TransitionSource] = None
     act_fn = _numpy_policy(agent, device)
     eval_seeds = [reset_seeds(s, cfg.eval_episodes, TRAINING_STREAM) for s in seeds]
     bar = tqdm(total=cfg.steps, initial=step, desc=f"{cfg.algo} x{k}", unit="step", disable=not cfg.progress)
+    # purge_step: a resumed run drops events logged after its checkpoint, so curves never double back
+    writer = SummaryWriter(str(out / TENSORBOARD_DIR), purge_step=step or None)
     t_start = time.perf_counter()
-    with Evaluator(task, k, cfg.eval_episodes) as evaluator:
+    with Evaluator(task, k, cfg.eval_episodes) as evaluator, writer:
         while step < cfg.steps:
             rng = step_rngs(cfg.seed, 0, step, gen)
             batch = train_source.sample(k * b, rng).reshape(k, b)
@@ -440,6 +445,8 @@ def train_agent(cfg: TrainAgentConfig, source: Optional[TransitionSource] = None
             bar.update(1)
             if step % cfg.log_every == 0:
                 extra["losses"].append({"step": step, **{n: v.float().tolist() for n, v in metrics.items()}})
+                for name, v in metrics.items():
+                    writer.add_scalar(f"train/{name}", float(v.float().mean()), step)  # mean over the K seeds
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 extra["train_seconds"] += time.perf_counter() - t_start
                 t_eval = time.perf_counter()
@@ -449,6 +456,9 @@ def train_agent(cfg: TrainAgentConfig, source: Optional[TransitionSource] = None
                 extra["eval_seconds"] += time.perf_counter() - t_eval
                 t_start = time.perf_counter()
                 bar.set_postfix(score=f"{scores.mean():.1f}")
+                writer.add_scalar("eval/normalized_score", float(scores.mean()), step)
+                for s_i, s_score in zip(seeds, scores.mean(1)):
+                    writer.add_scalar(f"eval/normalized_score_seed{s_i}", float(s_score), step)
                 if not cfg.progress:  # no bar to show it: say it in the log
                     log.info("%s step %d/%d: normalised score %.1f +- %.1f over %d seeds", cfg.algo, step, cfg.steps,
                              scores.mean(1).mean(), scores.mean(1).std(), k)

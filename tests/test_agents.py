@@ -345,6 +345,12 @@ def test_train_agent_writes_results_matching_curves(hopper_npz, tmp_path, caplog
         out = train_agent(_cfg(hopper_npz, tmp_path / "run"))
     # without a progress bar every evaluation's score is logged
     assert sum("normalised score" in r.getMessage() for r in caplog.records) == 2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("eval/normalized_score")] == [4, 8]
+    assert {"eval/normalized_score_seed0", "eval/normalized_score_seed1", "train/critic_loss"} <= set(
+        events.Tags()["scalars"])
     for name in ("config.json", "curves.json", "results.json", "checkpoint/meta.json", "checkpoint/actor.safetensors"):
         assert (out / name).exists(), name
     curves = json.loads((out / "curves.json").read_text())

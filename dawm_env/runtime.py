@@ -9,13 +9,28 @@ import torch
 
 
 def setup_torch(device: str, threads: int | None) -> torch.device:
-    """Pick the device and, on CPU, the number of intra-op threads (cores / local processes)."""
+    """Pick the device and, on CPU, the number of intra-op threads.
+
+    Args:
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        threads: torch CPU threads; None leaves the process's setting alone (the caller's own
+            ``torch.set_num_threads`` stands), except under torchrun, where the cores are split between the
+            local processes so that they do not oversubscribe them.
+
+    Raises:
+        ValueError: CUDA asked for but not available; ``threads`` below 1.
+    """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
     if dev.type == "cpu":
-        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local))
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        if threads is not None:
+            torch.set_num_threads(threads)
+        elif local > 1:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     return dev
 
 

@@ -1,4 +1,4 @@
-"""File helpers: atomic writes leave no temp file behind and give files the mode a plain ``open`` would."""
+"""Layer-0 helpers: atomic writes give files the mode a plain ``open`` would; torch setup respects the caller."""
 
 from __future__ import annotations
 
@@ -31,3 +31,23 @@ def test_atomic_writes_follow_the_umask_not_mkstemps_0600(tmp_path, hopper_rando
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1}
     assert np.load(tmp_path / "cache.npz")["observations"].shape == hopper_random.observations.shape
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.npz", "private.json", "r.json"]  # no temp files
+
+
+def test_setup_torch_leaves_the_callers_thread_count_alone(monkeypatch):
+    import pytest
+    import torch
+
+    from dawm_env.runtime import setup_torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        setup_torch("cpu", None)
+        assert torch.get_num_threads() == 1  # the Python API's default keeps what the caller chose
+        setup_torch("cpu", 2)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="threads"):
+            setup_torch("cpu", 0)
+    finally:
+        torch.set_num_threads(before)

@@ -81,6 +81,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--sampling-steps", type=int, default=None, help="override N (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance-weight", type=float, default=None,
+                   help="override w (default: the bundle's); w = 1 runs one network pass instead of two")
     add_out_argument(p, "dream_env_speed")
     args = p.parse_args()
 
@@ -106,6 +108,8 @@ def main() -> None:
         kwargs["bundle"] = args.bundle
     if args.sampling_steps is not None:
         kwargs["sampling_steps"] = args.sampling_steps
+    if args.guidance_weight is not None:
+        kwargs["guidance_weight"] = args.guidance_weight
     cfg = DreamConfig(**{**spec.kwargs, **kwargs})
     bundle = load_bundle_for(cfg)
     task = get_task(cfg.task)
@@ -119,6 +123,8 @@ def main() -> None:
         "env_id": args.env_id, "bundle": str(bundle.path),
         "world_model": {"dim": wm_cfg["dim"], "dim_mults": wm_cfg["dim_mults"], "window": wm_cfg["horizon"] + 1,
                         "sampling_steps": args.sampling_steps or wm_cfg["n_sampling_steps"],
+                        "guidance_weight": wm_cfg["guidance_weight"] if args.guidance_weight is None
+                        else args.guidance_weight,
                         "parameters": sum(p.numel() for p in bundle.world_model.parameters())},
         "seconds_per_config": args.seconds,
         "real": bench_single(task.env_id, args.seconds, 100, args.seed, {}, kind="real"),

@@ -71,12 +71,12 @@ from dawm_env.checkpoint import CheckpointError, TrainState, check_resumable
 from dawm_env.data.loading import load_dataset
 from dawm_env.data.minari_io import dataset_exists
 from dawm_env.data.records import OfflineDataset
-from dawm_env.generation.rollouts import RolloutConfig, RolloutGenerator
+from dawm_env.generation.rollouts import RolloutConfig, RolloutGenerator, check_rtg
 from dawm_env.generation.stats import is_generated_dataset
 from dawm_env.generation.writer import bundle_hash
-from dawm_env.paths import atomic_write_json
+from dawm_env.paths import atomic_write_json, check_writable_dir
 from dawm_env.plotting import plot_learning_curves
-from dawm_env.runtime import setup_torch, step_rngs
+from dawm_env.runtime import resolve_device, setup_torch, step_rngs
 from dawm_env.tasks import LEVELS, TaskSpec, get_task
 from dawm_env.world_model.bundle import Bundle
 
@@ -197,6 +197,7 @@ class TrainAgentConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        check_rtg(self.online_rtg, "online_rtg")
         if self.real_fraction is not None and not 0.0 <= self.real_fraction <= 1.0:
             raise ValueError(f"real_fraction must lie in [0, 1], got {self.real_fraction}")
         valid = {f.name for f in fields(ALGOS[self.base_algo][1])}
@@ -400,7 +401,7 @@ def train_agent(cfg: TrainAgentConfig, source: Optional[TransitionSource] = None
     from tqdm.auto import tqdm
 
     device = setup_torch(cfg.device, cfg.threads)
-    out = Path(cfg.out)
+    out = check_writable_dir(cfg.out, "--out")  # before loading data and training, not at the first checkpoint
     real = load_dataset(cfg.dataset)
     if not real.task:
         raise ValueError(f"{cfg.dataset}: unknown task; dawm agents need hopper, walker2d or halfcheetah data")
@@ -540,14 +541,18 @@ def load_agent(run_dir: str | Path, device: str = "cpu") -> tuple[Agent, dict]:
         raise FileNotFoundError(f"{run_dir} is not a dawm agent run (no {CONFIG_FILE})")
     if not (run_dir / CKPT_DIR).exists():
         raise CheckpointError(f"{run_dir} has no {CKPT_DIR}/ yet: the run has not reached its first checkpoint")
-    run = json.loads(cfg_file.read_text())
-    algo_cfg_cls = ALGOS[BASE_ALGO[run["algo"]]][1]
-    ac = dict(run["algo_config"])
-    ac["hidden"] = tuple(ac["hidden"])
-    normalizer = Normalizer(torch.zeros(run["obs_dim"]), torch.ones(run["obs_dim"]))
-    dev = torch.device(device)
-    agent = build_agent(run["algo"], algo_cfg_cls(**ac), run["obs_dim"], run["act_dim"], run["seeds"],
-                        normalizer, dev, run["steps"])
+    dev = resolve_device(device)
+    try:
+        run = json.loads(cfg_file.read_text())
+        algo_cfg_cls = ALGOS[BASE_ALGO[run["algo"]]][1]
+        ac = dict(run["algo_config"])
+        ac["hidden"] = tuple(ac["hidden"])
+        normalizer = Normalizer(torch.zeros(run["obs_dim"]), torch.ones(run["obs_dim"]))
+        agent = build_agent(run["algo"], algo_cfg_cls(**ac), run["obs_dim"], run["act_dim"], run["seeds"],
+                            normalizer, dev, run["steps"])
+    except (KeyError, TypeError, json.JSONDecodeError) as err:  # a broken or hand-edited config.json
+        raise CheckpointError(f"{cfg_file} is not a readable dawm run config ({type(err).__name__}: {err}); "
+                              "rerun dawm train agent with the same --out to rewrite it") from err
     meta = load_checkpoint(run_dir / CKPT_DIR, agent, dev, with_optimizers=False)
     return agent, meta
 
@@ -562,6 +567,9 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, device: str = "cpu") -
         ``{"step", "episodes", "normalized": {mean, std, per_seed}, "returns": {...}, ...}``.
     """
     run_dir = Path(run_dir)
+    resolve_device(device)  # --device cuda without CUDA: one line, before anything is read
+    if episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {episodes}")
     agent, meta = load_agent(run_dir, device)
     task = get_task(meta["run"]["task"])
     seeds = meta["run"]["seeds"]

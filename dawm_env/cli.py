@@ -19,6 +19,11 @@ bundle_app = typer.Typer(help="Inspect trained bundles (world model + IDM).", no
 app.add_typer(bundle_app, name="bundle")
 
 
+#: What a command reports as one ``error:`` line instead of a traceback: bad settings and inputs (ValueError,
+#: which CheckpointError extends) and what the filesystem refuses (OSError: missing files, permissions, a full disk).
+_EXPECTED = (ValueError, OSError)
+
+
 def _fail(err: Exception) -> None:
     typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
@@ -58,7 +63,7 @@ def data_build(
         cfg = BuildConfig(task=task, level=level, policy=policy, steps=steps, seed=seed, dataset_id=dataset_id,
                           num_envs=num_envs, overwrite=overwrite)
         typer.echo(build_dataset(cfg, progress=progress))
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except _EXPECTED as err:
         _fail(err)
 
 
@@ -76,7 +81,7 @@ def data_info(
     try:
         summary = summarize(load_dataset(source, task=task))
         generated = generation_stats(source) if is_generated_dataset(source) else None
-    except (ValueError, FileNotFoundError) as err:
+    except _EXPECTED as err:
         _fail(err)
     if as_json:
         typer.echo(json.dumps({**summary.to_dict(), "generation": generated and generated.to_dict()}, indent=2))
@@ -93,9 +98,17 @@ def data_list() -> None:
 
     from dawm_env.data.minari_io import read_provenance
 
+    try:
+        local = sorted(minari.list_local_datasets())
+    except _EXPECTED as err:  # e.g. MINARI_DATASETS_PATH below a file
+        _fail(err)
     typer.echo(f"{'dataset':44s} {'transitions':>11s} {'episodes':>8s} {'norm. score':>11s} {'build s':>8s}")
-    for dataset_id in sorted(minari.list_local_datasets()):
-        prov = read_provenance(dataset_id)
+    for dataset_id in local:
+        try:
+            prov = read_provenance(dataset_id)
+        except Exception as err:  # noqa: BLE001 - one unreadable dataset must not hide the others
+            typer.echo(f"{dataset_id:44s} BROKEN: {type(err).__name__}: {err}")
+            continue
         score = prov.get("mean_normalized_score")
         typer.echo(f"{dataset_id:44s} {prov.get('transitions', ''):>11} {prov.get('episodes', ''):>8} "
                    f"{'' if score is None else f'{score:.1f}':>11s} {prov.get('collect_seconds', ''):>8}")
@@ -129,7 +142,7 @@ def generate_cmd(
             bundle=bundle, seed_dataset=seed_dataset, out=out, horizon=horizon, rtg=rtg, guidance=guidance,
             subsample=subsample, repeats=repeats, device=device, shard=shard, seed=seed, batch_size=batch_size,
             action_source=action_source, overwrite=overwrite, restart=restart, progress=progress))
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except _EXPECTED as err:
         _fail(err)
     typer.echo(dataset_id)
 
@@ -159,9 +172,17 @@ def train_world_model_cmd(
             checkpoint_every=checkpoint_every, eval_every=eval_every, threads=threads, progress=progress))
         if assemble_bundle(path) is not None:
             typer.echo(f"bundle ready: {path}")
-    except (ValueError, FileNotFoundError) as err:
+    except _EXPECTED as err:
         _fail(err)
     typer.echo(str(path))
+
+
+def _parse_sizes(text: str, flag: str) -> tuple[int, ...]:
+    """``"256,256"`` -> ``(256, 256)``; a ValueError naming ``flag`` and the expected form otherwise."""
+    try:
+        return tuple(int(h) for h in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag} expects comma-separated layer sizes, e.g. 1024,1024; got {text!r}") from None
 
 
 @train_app.command("idm")
@@ -181,12 +202,12 @@ def train_idm_cmd(
     from dawm_env.world_model.bundle import assemble_bundle
 
     try:
-        sizes = tuple(int(h) for h in hidden.split(",")) if hidden else None
+        sizes = _parse_sizes(hidden, "--hidden") if hidden else None
         path = train_idm(IDMTrainConfig(dataset=dataset, out=out, steps=steps, hidden=sizes, batch_size=batch_size,
                                         device=device, seed=seed, threads=threads, progress=progress))
         if assemble_bundle(path) is not None:
             typer.echo(f"bundle ready: {path}")
-    except (ValueError, FileNotFoundError) as err:
+    except _EXPECTED as err:
         _fail(err)
     typer.echo(str(path))
 
@@ -226,7 +247,7 @@ def train_agent_cmd(
             seeds=seeds, seed=seed, eval_every=eval_every, eval_episodes=eval_episodes, bundle=bundle,
             ssorl_fraction=ssorl_fraction, mve_horizon=mve_horizon, online=online, online_pool=online_pool,
             online_refresh_every=online_refresh_every, device=device, threads=threads, progress=progress))
-    except (ValueError, FileNotFoundError) as err:
+    except _EXPECTED as err:
         _fail(err)
     typer.echo(str(path))
 
@@ -242,7 +263,7 @@ def evaluate_cmd(
 
     try:
         result = evaluate_run(run_dir, episodes=episodes, device=device)
-    except (ValueError, FileNotFoundError) as err:
+    except _EXPECTED as err:
         _fail(err)
     typer.echo(json.dumps(result, indent=2))
 
@@ -270,7 +291,7 @@ def demo_cmd(
         run_demo(DemoConfig(out=out, bundle=bundle, pairs=pairs, repeats=repeats, horizon=horizon, steps=steps,
                             seeds=seeds, eval_every=eval_every, eval_episodes=eval_episodes, device=device, seed=seed,
                             threads=threads, progress=progress), echo=typer.echo)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except _EXPECTED as err:
         _fail(err)
 
 
@@ -325,7 +346,7 @@ def experiment_cmd(
                                bundles=_parse_overrides(bundle, "bundle"),
                                max_cells=max_cells, device=device, progress=progress)
         results = run_experiment(cfg, echo=typer.echo)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except _EXPECTED as err:
         _fail(err)
     folder = f"{results['root']}/{results['experiment']}"
     typer.echo((Path(folder) / "table.md").read_text())
@@ -339,11 +360,13 @@ def experiment_cmd(
 @bundle_app.command("list")
 def bundle_list() -> None:
     """List bundles shipped with dawm and under $DAWM_HOME/bundles."""
-    from dawm_env.world_model.bundle import list_bundles
+    from dawm_env.world_model.bundle import scan_bundles
 
-    for path in list_bundles():
-        meta = json.loads((path / "bundle.json").read_text())
-        typer.echo(f"{path.name:24s} {meta['task']:12s} {meta['dataset']:36s} {path}")
+    for path, meta, problem in scan_bundles():
+        if meta is None:  # a broken folder is listed with its reason; the others are still listed
+            typer.echo(f"{path.name:24s} {'BROKEN':12s} {problem}")
+            continue
+        typer.echo(f"{path.name:24s} {str(meta['task']):12s} {str(meta.get('dataset', '?')):36s} {path}")
 
 
 @bundle_app.command("info")
@@ -353,7 +376,7 @@ def bundle_info(name: str = typer.Argument(..., help="Bundle name or folder.")) 
 
     try:
         bundle = Bundle.load(name)
-    except (ValueError, FileNotFoundError) as err:
+    except _EXPECTED as err:
         _fail(err)
     meta = dict(bundle.meta)
     meta.pop("norm_stats", None)

@@ -50,6 +50,42 @@ def file_sha256(path: str | os.PathLike, into: "hashlib._Hash | None" = None) ->
     return h.hexdigest()
 
 
+def check_writable_dir(path: str | os.PathLike, what: str, hint: str = "") -> Path:
+    """Fail at once, before any work, when files cannot be written into the folder ``path``.
+
+    Nothing is left behind: an existing folder gets a temp file created and removed in it; a missing one is
+    not created, the nearest existing folder above it is tested instead (that is where it would be created).
+
+    Args:
+        path: the output folder (may not exist yet).
+        what: how the user named it, for the message (``--out``, ``the Minari root``...).
+        hint: how to fix it, appended to the message (default: choose another folder).
+
+    Returns:
+        ``path`` as an expanded :class:`Path`.
+
+    Raises:
+        ValueError: ``path`` (or a folder above it) is a file, or is not writable; the message says which.
+    """
+    target = Path(path).expanduser()
+    fix = hint or f"choose a writable folder for {what}"
+    probe = target
+    while not probe.exists():  # the nearest existing folder is where the missing ones would be created
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"cannot write {what} {target}: {probe} exists and is not a folder; {fix}")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".dawm-write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise ValueError(f"cannot write {what} {target}: {probe} is not writable ({err.strerror or err}); "
+                         f"{fix}") from err
+    return target
+
+
 def new_temp_file(path: Path, suffix: str) -> tuple[int, str]:
     """A hidden temp file beside ``path`` for a write-then-rename, with the mode a plain ``open`` would give.
 

@@ -8,6 +8,26 @@ import numpy as np
 import torch
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device`, checked: the one device check of every dawm command.
+
+    Raises:
+        ValueError: a string torch does not read as a device, or a CUDA device on a machine without CUDA
+            (or without that many GPUs); the message says to use ``--device cpu``.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             "use cuda:0 .. cuda:N-1, or --device cpu")
+    return dev
+
+
 def setup_torch(device: str, threads: int | None) -> torch.device:
     """Pick the device and, on CPU, the number of intra-op threads.
 
@@ -18,11 +38,9 @@ def setup_torch(device: str, threads: int | None) -> torch.device:
             local processes so that they do not oversubscribe them.
 
     Raises:
-        ValueError: CUDA asked for but not available; ``threads`` below 1.
+        ValueError: a bad device or CUDA asked for but not available (:func:`resolve_device`); ``threads`` below 1.
     """
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    dev = resolve_device(device)
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     if dev.type == "cpu":

@@ -32,3 +32,16 @@ class ModelRunConfig:
     """torch CPU threads (default: all cores, split across local processes)."""
     progress: bool = True
     """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        # degenerate values would train nothing (or divide by zero) and still write a bundle component
+        for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size), ("--threads", self.threads)):
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
+        if int(self.checkpoint_every) < 1:
+            raise ValueError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must lie in [0, 1), got {self.heldout_fraction}")
+        for flag, value in (("--dataset", self.dataset), ("--out", self.out)):
+            if not str(value).strip():
+                raise ValueError(f"{flag} is empty")

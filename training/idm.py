@@ -20,6 +20,7 @@ import torch
 from dawm_env.checkpoint import TrainState, check_resumable
 from dawm_env.data.loading import load_dataset
 from dawm_env.data.normalization import NormStats
+from dawm_env.paths import check_writable_dir
 from dawm_env.runtime import setup_torch, step_rngs
 from dawm_env.training.common import ModelRunConfig
 from dawm_env.world_model.bundle import write_component
@@ -39,19 +40,22 @@ class IDMTrainConfig(ModelRunConfig):
     hidden: Optional[tuple[int, ...]] = None
     """Override the hidden sizes (paper: 1024, 1024)."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.hidden is not None:
+            self.hidden = tuple(self.hidden)
+            if not self.hidden or any(int(h) < 1 for h in self.hidden):
+                raise ValueError(f"--hidden needs one or more sizes >= 1 (e.g. 1024,1024), got {self.hidden}")
+
 
 def train_idm(cfg: IDMTrainConfig) -> Path:
     """Train (or resume) the IDM; keeps the best-validation weights. Returns the output folder."""
     from tqdm.auto import tqdm
 
     device = setup_torch(cfg.device, cfg.threads)
-    idm_cfg = IDMConfig(seed=cfg.seed)
-    if cfg.steps is not None:
-        idm_cfg.train_steps = cfg.steps
-    if cfg.hidden is not None:
-        idm_cfg.hidden = tuple(cfg.hidden)
-    if cfg.batch_size is not None:
-        idm_cfg.batch_size = cfg.batch_size
+    out = check_writable_dir(cfg.out, "--out")  # before loading data and training, not at the first checkpoint
+    overrides = {"train_steps": cfg.steps, "hidden": cfg.hidden, "batch_size": cfg.batch_size}
+    idm_cfg = IDMConfig(seed=cfg.seed, **{k: v for k, v in overrides.items() if v is not None})  # validated
     data = load_dataset(cfg.dataset)
     if not data.task:
         raise ValueError(f"{cfg.dataset}: unknown task; dawm needs hopper, walker2d or halfcheetah data")
@@ -62,7 +66,6 @@ def train_idm(cfg: IDMTrainConfig) -> Path:
     if len(val_idx) == 0:
         val_idx = train_idx  # a single-episode dataset: validate on what we have (tiny tests)
     val_batch = [t.to(device) for t in idm_triples(data, stats, val_idx[:20_000])]
-    out = Path(cfg.out)
     run_meta = {"model_config": idm_cfg.to_dict(), "task": data.task, "dataset": cfg.dataset,
                 "dataset_fingerprint": data.fingerprint(), "norm_stats": stats.to_dict(), "seed": cfg.seed,
                 "heldout_fraction": cfg.heldout_fraction, "split_seed": cfg.split_seed}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -32,7 +32,7 @@ import torch
 
 from dawm_env.checkpoint import TrainState, check_resumable
 from dawm_env.data.loading import load_dataset
-from dawm_env.paths import atomic_write_json
+from dawm_env.paths import atomic_write_json, check_writable_dir
 from dawm_env.runtime import setup_torch, step_rngs
 from dawm_env.training.common import ModelRunConfig
 from dawm_env.world_model.bundle import write_component
@@ -61,6 +61,15 @@ class WorldModelTrainConfig(ModelRunConfig):
     eval_windows: int = 512
     """Held-out windows per evaluation (a fixed random subset, the same every time)."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        WorldModelConfig.preset(self.preset)  # an unknown preset fails here, listing the valid ones
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"--eval-every must be >= 1 (omit it to never evaluate), got {self.eval_every}")
+        for name in ("log_every", "eval_windows"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
 
 def _dist_info() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
@@ -70,6 +79,7 @@ def train_world_model(cfg: WorldModelTrainConfig) -> Path:
     """Train (or resume) the world model; returns the output folder."""
     rank, world, local_rank = _dist_info()
     device = setup_torch(cfg.device, cfg.threads)
+    out = check_writable_dir(cfg.out, "--out")  # before loading data and training, not at the first checkpoint
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
     if world > 1 and not torch.distributed.is_initialized():
@@ -77,15 +87,12 @@ def train_world_model(cfg: WorldModelTrainConfig) -> Path:
 
     # --- config and data -----------------------------------------------------------------------
     model_cfg = WorldModelConfig.preset(cfg.preset)
-    if cfg.steps is not None:
-        model_cfg.train_steps = cfg.steps
-    if cfg.batch_size is not None:
-        model_cfg.batch_size = cfg.batch_size
+    overrides = {"train_steps": cfg.steps, "batch_size": cfg.batch_size}
+    model_cfg = replace(model_cfg, **{k: v for k, v in overrides.items() if v is not None})  # re-validated
     data = load_dataset(cfg.dataset)
     if not data.task:
         raise ValueError(f"{cfg.dataset}: unknown task; dawm needs hopper, walker2d or halfcheetah data")
     source = WindowSource.build(data, model_cfg.horizon, model_cfg.gamma, cfg.heldout_fraction, cfg.split_seed)
-    out = Path(cfg.out)
     arch = {k: v for k, v in model_cfg.to_dict().items() if k != "train_steps"}  # steps may grow on resume
     run_meta = {"architecture": arch, "model_config": model_cfg.to_dict(), "task": data.task,
                 "dataset": cfg.dataset, "dataset_fingerprint": data.fingerprint(),

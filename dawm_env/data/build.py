@@ -27,7 +27,13 @@ import numpy as np
 
 from dawm_env.data.behavior_sac import BehaviorSACConfig, run_behavior_sac
 from dawm_env.data.loading import load_dataset, load_npz
-from dawm_env.data.minari_io import dataset_exists, read_provenance, validate_dataset_id, write_minari_dataset
+from dawm_env.data.minari_io import (
+    check_dataset_output,
+    dataset_exists,
+    read_provenance,
+    validate_dataset_id,
+    write_minari_dataset,
+)
 from dawm_env.data.policies import default_policy_path, load_policy
 from dawm_env.data.records import OfflineDataset
 from dawm_env.data.rollout import collect_transitions, uniform_random_policy
@@ -72,6 +78,10 @@ def _check(cfg: BuildConfig) -> TaskSpec:
         raise ValueError(f"unknown level {cfg.level!r}; choose one of {', '.join(LEVELS)}")
     if cfg.steps <= 0:
         raise ValueError(f"--steps must be positive, got {cfg.steps}")
+    if cfg.num_envs < 1:
+        raise ValueError(f"--num-envs must be >= 1, got {cfg.num_envs}")
+    if cfg.dataset_id is not None:  # an empty --id is an error, not a request for the default id
+        validate_dataset_id(cfg.dataset_id)
     if cfg.policy is not None and cfg.level in ("random", "medium-expert", "medium-replay"):
         raise ValueError(
             f"--policy does not apply to level {cfg.level!r}: random uses uniform actions, medium-expert "
@@ -160,8 +170,8 @@ def build_dataset(cfg: BuildConfig, progress: bool = True) -> str:
     """
 
     task = _check(cfg)
-    dataset_id = cfg.dataset_id or default_dataset_id(task.name, cfg.level)
-    validate_dataset_id(dataset_id)  # fail before minutes of rollouts, not after
+    dataset_id = default_dataset_id(task.name, cfg.level) if cfg.dataset_id is None else cfg.dataset_id
+    validate_dataset_id(dataset_id)
     if (minari_root() / dataset_id).exists() and not cfg.overwrite:
 
         built = read_provenance(dataset_id).get("config", {})
@@ -170,6 +180,7 @@ def build_dataset(cfg: BuildConfig, progress: bool = True) -> str:
             return dataset_id  # rerunning the same command is a no-op, not an error
         raise FileExistsError(f"dataset {dataset_id!r} already exists with another configuration; pass --overwrite "
                               "or another --id")
+    check_dataset_output(dataset_id)  # a read-only Minari root fails before minutes of rollouts, not after
     start = time.perf_counter()
     data, info = collect_level(cfg, progress)
     collect_s = time.perf_counter() - start

@@ -14,6 +14,7 @@ never a terminal, and no transition ever pairs a state with the next episode's f
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -159,7 +160,11 @@ def load_d4rl_hdf5(path: str | os.PathLike, task: Optional[str] = None) -> Offli
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"D4RL file {path} does not exist")
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:  # not an HDF5 file, or a truncated one
+        raise ValueError(f"{path} is not a readable HDF5 file ({err}); expected a D4RL hdf5 dataset") from err
+    with f:
         missing = [k for k in (*_D4RL_REQUIRED, "timeouts") if k not in f]
         if missing:
             raise ValueError(f"{path}: missing D4RL keys {missing}; found {sorted(f.keys())}")
@@ -177,12 +182,22 @@ def load_npz(path: str | os.PathLike, task: Optional[str] = None) -> OfflineData
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"npz file {path} does not exist")
-    with np.load(path, allow_pickle=False) as z:
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as err:  # numpy says "pickled data" for any non-npz file
+        raise ValueError(f"{path} is not a readable .npz archive ({type(err).__name__}); expected a D4RL "
+                         "qlearning_dataset npz (numpy.savez)") from err
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy saved under an .npz name
+        raise ValueError(f"{path} holds a single array, not an .npz archive of qlearning_dataset keys")
+    with z:
         need = (*_D4RL_REQUIRED, "next_observations")
         missing = [k for k in need if k not in z.files]
         if missing:
             raise ValueError(f"{path}: missing qlearning_dataset keys {missing}; found {sorted(z.files)}")
-        arrays = {k: z[k] for k in z.files}
+        try:
+            arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as err:  # a damaged member, or object arrays
+            raise ValueError(f"{path}: cannot read its arrays ({err})") from err
     return _from_flat(arrays, task, str(path), has_timeouts="timeouts" in arrays)
 
 
@@ -202,18 +217,33 @@ def save_npz(data: OfflineDataset, path: str | os.PathLike) -> None:
 # --- shared ---------------------------------------------------------------------------------------
 def _from_flat(a: dict, task: Optional[str], source: str, has_timeouts: bool) -> OfflineDataset:
     obs, act = np.asarray(a["observations"], np.float32), np.asarray(a["actions"], np.float32)
-    rew = np.asarray(a["rewards"], np.float32).reshape(-1)
     n = len(obs)
     if obs.ndim != 2 or act.ndim != 2:
         raise ValueError(f"{source}: observations and actions must be 2-D, got {obs.shape} and {act.shape}")
+    for k in ("actions", "rewards", "terminals", "timeouts", "next_observations", "seeds"):
+        if k in a and np.ndim(a[k]) == 0:
+            raise ValueError(f"{source}: {k} is a scalar; expected one value per transition")
     for k in ("actions", "rewards", "terminals", "timeouts", "next_observations"):
         if k in a and len(a[k]) != n:
             raise ValueError(f"{source}: {k} has {len(a[k])} rows but observations has {n}")
+    for k in ("rewards", "terminals", "timeouts"):
+        # (N,) or (N, 1) only: flattening an (N, 2) array would silently pair transitions with the wrong values
+        if k in a and not (np.ndim(a[k]) == 1 or (np.ndim(a[k]) == 2 and np.shape(a[k])[1] == 1)):
+            raise ValueError(f"{source}: {k} has shape {np.shape(a[k])}; expected ({n},) or ({n}, 1), one value "
+                             "per transition")
+    if "next_observations" in a and np.shape(a["next_observations"]) != obs.shape:
+        raise ValueError(f"{source}: next_observations has shape {np.shape(a['next_observations'])}, observations "
+                         f"{obs.shape}; they must match")
+    rew = np.asarray(a["rewards"], np.float32).reshape(-1)
     term = np.asarray(a["terminals"]).astype(bool).reshape(-1)
     tout = np.asarray(a["timeouts"]).astype(bool).reshape(-1) if has_timeouts else np.zeros(n, bool)
     nxt = np.asarray(a["next_observations"], np.float32) if "next_observations" in a else None
     if "episode_offsets" in a:
         offsets = np.asarray(a["episode_offsets"], np.int64)
+        if (offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != n
+                or np.any(np.diff(offsets) < 1)):
+            raise ValueError(f"{source}: episode_offsets must rise strictly from 0 to the {n} transitions, got "
+                             f"{len(offsets)} offsets from {offsets[:1].tolist()} to {offsets[-1:].tolist()}")
     else:
         ends = term | tout
         if nxt is not None:  # a state that does not continue into the next row ends an episode

@@ -31,7 +31,7 @@ from typing import Iterator, Mapping, Optional, Sequence
 import numpy as np
 
 from dawm_env.data.records import OfflineDataset
-from dawm_env.paths import minari_root, minari_root_at
+from dawm_env.paths import check_writable_dir, minari_root, minari_root_at
 from dawm_env.tasks import TaskSpec, get_task
 
 #: Metadata key under which dawm stores its own provenance record (a JSON string).
@@ -43,19 +43,45 @@ _COMPACT_MAX_BYTES = 16 * 1024
 
 
 def validate_dataset_id(dataset_id: str) -> None:
-    """Check ``dataset_id`` is a Minari id with a version (``namespace/name-vN``).
+    """Check ``dataset_id`` is a Minari id that Minari can write: ``namespace/name-vN`` (namespace optional).
+
+    The one id check of every dawm dataset writer (``data build``, ``generate``, :class:`MinariStreamWriter`),
+    run before any work: Minari itself refuses a bad namespace only when the finished dataset is registered.
 
     Raises:
         ValueError: naming the problem and an example of a good id.
     """
-    from minari.dataset.minari_dataset import parse_dataset_id
+    from minari.dataset.minari_dataset import DATASET_ID_RE
+    from minari.namespace import NAMESPACE_REGEX, namespace_hierarchy
 
-    try:
-        _, _, version = parse_dataset_id(dataset_id)
-    except Exception as err:
-        raise ValueError(f"invalid Minari dataset id {dataset_id!r}: {err}. Example: dawm-d4rl/hopper/medium-v0") from err
-    if version is None:
+    example = "e.g. dawm-d4rl/hopper/medium-v0"
+    if not isinstance(dataset_id, str) or not dataset_id.strip():
+        raise ValueError(f"the dataset id is empty; give a Minari id namespace/name-vN, {example}")
+    match = DATASET_ID_RE.fullmatch(dataset_id)
+    if not match:
+        raise ValueError(f"invalid Minari dataset id {dataset_id!r}: expected (namespace/)name-vN made of letters, "
+                         f"digits, '-' and '_', with a namespace of at least 2 characters, {example}")
+    if match.group("version") is None:
         raise ValueError(f"Minari dataset id {dataset_id!r} needs a version suffix, e.g. {dataset_id}-v0")
+    namespace = match.group("namespace")
+    for ns in namespace_hierarchy(namespace) if namespace else ():
+        if not NAMESPACE_REGEX.fullmatch(ns):  # Minari checks each level only when it registers the dataset
+            raise ValueError(f"invalid Minari dataset id {dataset_id!r}: Minari rejects its namespace {ns!r} (every "
+                             f"namespace level from the top needs at least 2 characters), {example}")
+
+
+def check_dataset_output(dataset_id: str) -> None:
+    """Check, before any work, that dataset ``dataset_id`` could be written: a valid id and a writable Minari root.
+
+    Tests the Minari root and the staging area beside it (:func:`staging_parent`); creates neither.
+
+    Raises:
+        ValueError: an invalid id (:func:`validate_dataset_id`), or a root that cannot be written (with the fix).
+    """
+    validate_dataset_id(dataset_id)
+    hint = "set MINARI_DATASETS_PATH to a writable folder"
+    check_writable_dir(minari_root(), "datasets into the Minari root", hint)
+    check_writable_dir(staging_parent(), "dawm's staging area beside the Minari root", hint)
 
 
 def dataset_exists(dataset_id: str) -> bool:
@@ -301,14 +327,15 @@ class MinariStreamWriter:
             one is complete).
 
     Raises:
-        ValueError: invalid id. FileExistsError: the id exists and ``overwrite`` is False.
+        ValueError: invalid id, or a Minari root that cannot be written. FileExistsError: the id exists and
+        ``overwrite`` is False.
     """
 
     def __init__(self, dataset_id: str, task: str | TaskSpec, *, algorithm_name: str, description: str,
                  provenance: Optional[dict] = None, overwrite: bool = False) -> None:
         import minari
 
-        validate_dataset_id(dataset_id)
+        check_dataset_output(dataset_id)
         self.dataset_id = dataset_id
         self.task = task if isinstance(task, TaskSpec) else get_task(task)
         self.provenance = dict(provenance or {})

@@ -43,8 +43,9 @@ from dawm_env.data.minari_io import dataset_exists
 from dawm_env.data.records import OfflineDataset
 from dawm_env.experiments.report import format_score, markdown_table
 from dawm_env.generation import GenerateConfig, generate_dataset, generation_stats
-from dawm_env.paths import atomic_write_json, atomic_write_text, minari_root_at
+from dawm_env.paths import atomic_write_json, atomic_write_text, check_writable_dir, minari_root_at
 from dawm_env.plotting import plot_learning_curves
+from dawm_env.runtime import resolve_device
 from dawm_env.world_model.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,9 @@ class DemoConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every is not None and self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        resolve_device(self.device)  # --device cuda without CUDA: one line now, not after the generation stage
 
     @property
     def resolved_eval_every(self) -> int:
@@ -136,7 +140,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     import minari
 
 
-    out = Path(cfg.out).expanduser().resolve()
+    out = check_writable_dir(cfg.out, "--out").resolve()  # before any stage runs
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, object] = {}
     t0 = time.perf_counter()

@@ -70,6 +70,23 @@ class ExperimentPreset:
     threads: Optional[int] = None
     """torch CPU threads of every stage (None = all cores)."""
 
+    def __post_init__(self) -> None:
+        # checked here, not when the first cell reaches the agent: by then data may have been built for minutes
+        flags = {"seeds": "--seeds", "agent_steps": "--steps", "eval_every": "--eval-every",
+                 "eval_episodes": "--eval-episodes", "threads": "--threads"}
+        optional = ("dataset_steps", "wm_steps", "wm_batch_size", "idm_steps", "idm_batch_size", "threads")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in optional and value is None:
+                continue
+            if f.name in ("horizons", "idm_hidden"):
+                if value is not None and (not value or any(int(v) < 1 for v in value)):
+                    raise ValueError(f"{f.name} needs one or more values >= 1, got {value}")
+            elif isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                raise ValueError(f"{flags.get(f.name, f.name)} must be >= 1, got {value}")
+        if not 0.0 <= self.ssorl_fraction <= 1.0:
+            raise ValueError(f"ssorl_fraction must lie in [0, 1], got {self.ssorl_fraction}")
+
     def to_dict(self) -> dict:
         """JSON-friendly dict (tuples become lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -49,9 +49,10 @@ from dawm_env.experiments.presets import ExperimentPreset
 from dawm_env.experiments.registry import Cell, Experiment, get_experiment
 from dawm_env.experiments.report import write_experiment_report
 from dawm_env.generation import GenerateConfig, bundle_hash, generate_dataset
+from dawm_env.generation.rollouts import check_rtg
 from dawm_env.generation.stats import GENERATED_KIND
-from dawm_env.paths import atomic_write_json, dawm_home, minari_root
-from dawm_env.runtime import setup_torch
+from dawm_env.paths import atomic_write_json, check_writable_dir, dawm_home, minari_root
+from dawm_env.runtime import resolve_device, setup_torch
 from dawm_env.tasks import LEVELS, get_task
 from dawm_env.training.idm import IDMTrainConfig, train_idm
 from dawm_env.training.world_model import WorldModelTrainConfig, train_world_model
@@ -104,6 +105,8 @@ class ExperimentConfig:
                                      f"{', '.join(LEVELS)}")
         if self.max_cells is not None and self.max_cells < 0:
             raise ValueError(f"max_cells must be >= 0, got {self.max_cells}")
+        resolve_device(self.device)  # --device cuda without CUDA: one line now, not after building data
+        check_rtg(self.preset.rtg, "preset rtg")  # a NaN target would fail after generation, blamed on the bundle
 
     @property
     def root(self) -> Path:
@@ -402,6 +405,7 @@ def run_experiment(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -
 
     exp = get_experiment(cfg.name)
     tasks, levels = resolve_grid(exp, cfg.preset)
+    check_writable_dir(cfg.root, "--out")  # before any data is built or trained
     ws = Workspace(cfg, echo)
     cells = exp.cells(cfg.preset, tasks, levels)
     folder = ws.root / exp.name

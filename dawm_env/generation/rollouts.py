@@ -24,6 +24,8 @@ the task's return-to-go scale); guidance, sampling steps and temperature are the
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field, replace
 from typing import Iterator, Optional
 
@@ -41,6 +43,22 @@ ACTION_SOURCES: tuple[str, ...] = ("idm", "random", "repeat")
 #: rollout is not stored: it is the row's position in its episode (every HDF5 dataset per episode adds
 #: to the write cost, which dominates generation on a CPU).
 INFO_KEYS: tuple[str, ...] = ("seed_index", "repeat", "idm_std")
+
+
+def check_rtg(rtg: Optional[float], flag: str = "--rtg") -> None:
+    """Refuse a return-to-go target that is not a finite number (None, the task's default, passes).
+
+    A NaN or infinite target turns every generated value into NaN; without this check the failure surfaces
+    after generation, blamed on the bundle.
+
+    Raises:
+        ValueError: naming ``flag`` and what a target looks like.
+    """
+    if rtg is None:
+        return
+    if isinstance(rtg, bool) or not isinstance(rtg, numbers.Real) or not math.isfinite(rtg):
+        raise ValueError(f"{flag} must be a finite number (a return-to-go target in the task's scaled units, "
+                         f"e.g. 0.8; omit it for the task's default), got {rtg!r}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +99,11 @@ class RolloutConfig:
             raise ValueError(f"sampling_steps must be >= 1, got {self.sampling_steps}")
         if self.temperature is not None and self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        check_rtg(self.rtg)
+        for name in ("guidance", "temperature"):  # NaN passes the comparisons above and poisons every sample
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"--{name} must be a finite number (omit it for the bundle's), got {value!r}")
 
     def resolve(self, bundle: Bundle) -> "RolloutConfig":
         """A copy with every ``None`` replaced by the bundle's / task's value, checked against the model.

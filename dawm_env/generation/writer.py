@@ -59,6 +59,7 @@ from dawm_env.data.loading import load_dataset
 from dawm_env.data.minari_io import (
     SLOW_MINARI_READ_EPISODES,
     MinariStreamWriter,
+    check_dataset_output,
     dataset_exists,
     staging_parent,
     validate_dataset_id,
@@ -74,6 +75,7 @@ from dawm_env.generation.rollouts import (
 )
 from dawm_env.generation.stats import GENERATED_KIND
 from dawm_env.paths import atomic_write_json, file_sha256
+from dawm_env.runtime import resolve_device
 from dawm_env.world_model.bundle import Bundle
 
 if TYPE_CHECKING:
@@ -149,11 +151,14 @@ class GenerateConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.writers < 0:
             raise ValueError(f"writers must be >= 0, got {self.writers}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
         if self.max_chunks is not None and self.max_chunks < 0:
             raise ValueError(f"max_chunks must be >= 0, got {self.max_chunks}")
         if self.shard is not None:
             ShardSpec.parse(self.shard)  # fail early on a bad spec
-        self.rollout_config()  # fail early on a bad rollout setting (e.g. an unknown action source)
+        self.rollout_config()  # fail early on a bad rollout setting (e.g. an unknown action source, a NaN --rtg)
+        resolve_device(self.device)  # --device cuda without CUDA: say so now, not from deep inside torch
 
     def rollout_config(self) -> RolloutConfig:
         """The :class:`RolloutConfig` these settings ask for (unresolved)."""
@@ -328,12 +333,13 @@ class _Run:
         device = cfg.device
         if device == "cuda" and "LOCAL_RANK" in os.environ:
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
         if dataset_exists(cfg.out) and not cfg.overwrite:
             raise FileExistsError(f"Minari dataset {cfg.out!r} already exists; choose another --out, pass "
                                   f"--overwrite, or remove it (minari delete {cfg.out})")
+        check_dataset_output(cfg.out)  # a read-only Minari root fails now, not after the whole generation
         self.bundle = Bundle.load(cfg.bundle, device=self.device)
         self.seed_data = load_dataset(cfg.seed_dataset)
         check_task_match(self.bundle, self.seed_data)
@@ -547,8 +553,9 @@ def generate_dataset(config: GenerateConfig) -> str:
         of the dataset still to come (a message says so).
 
     Raises:
-        ValueError: invalid id, bad shard spec, horizon beyond the model's, task mismatch between bundle
-            and seed data, a chunk failing validation.
+        ValueError: invalid id, a Minari root that cannot be written, bad shard spec, horizon beyond the
+            model's, a non-finite rtg / guidance, CUDA asked for but not available, task mismatch between
+            bundle and seed data, a chunk failing validation.
         FileExistsError: the output id exists and ``overwrite`` is False.
         FileNotFoundError / CheckpointError: a missing or broken bundle / seed dataset.
     """

@@ -29,6 +29,7 @@ from dawm_env.data.loading import load_dataset
 from dawm_env.data.normalization import NormStats
 from dawm_env.data.windows import returns_to_go
 from dawm_env.paths import atomic_write_json, dawm_home
+from dawm_env.runtime import resolve_device
 from dawm_env.tasks import TaskSpec, get_task
 from dawm_env.world_model.config import WorldModelConfig
 from dawm_env.world_model.diffusion import GaussianDiffusion
@@ -45,12 +46,27 @@ def bundle_roots() -> list[Path]:
     return [SHIPPED_DIR, dawm_home() / "bundles"]
 
 
+#: Config fields the weights were trained for: a bundle whose ``bundle.json`` changes one of them no longer
+#: fits its weights, and some (the world model's horizon, the IDM's log-std range) change no weight's shape.
+STRUCTURAL_FIELDS = {"world_model": ("horizon", "dim", "dim_mults", "n_diffusion_steps"),
+                     "idm": ("hidden", "log_std_min", "log_std_max")}
+#: Key of the safetensors header metadata holding the config a component's weights were trained with.
+CONFIG_METADATA_KEY = "dawm_model_config"
+#: Keys ``bundle.json`` must hold for :meth:`Bundle.load`.
+REQUIRED_BUNDLE_KEYS = ("format", "task", "world_model_config", "idm_config", "norm_stats")
+
+
 def write_component(out: Path, stem: str, state_dict: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write ``{stem}.safetensors`` + ``{stem}.json`` into ``out`` (each file atomically)."""
+    """Write ``{stem}.safetensors`` + ``{stem}.json`` into ``out`` (each file atomically).
+
+    ``meta["model_config"]``, when present, is also stored in the safetensors header, so the weights carry
+    the config they fit (:meth:`Bundle.load` checks it).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{stem}.safetensors.tmp"
-    save_tensors(tmp, state_dict)
+    header = {CONFIG_METADATA_KEY: json.dumps(meta["model_config"], sort_keys=True)} if "model_config" in meta else None
+    save_tensors(tmp, state_dict, metadata=header)
     os.replace(tmp, out / f"{stem}.safetensors")
     atomic_write_json(out / f"{stem}.json", meta)
 
@@ -79,13 +95,104 @@ def list_bundles() -> list[Path]:
     return found
 
 
+def scan_bundles() -> list[tuple[Path, Optional[dict], Optional[str]]]:
+    """Every folder under the search roots that holds a bundle or a part of one, read from metadata only.
+
+    Returns:
+        ``(folder, bundle.json contents, None)`` per readable bundle and ``(folder, None, reason)`` per broken
+        or incomplete one (unreadable or incomplete ``bundle.json``, or trained components without one), so a
+        listing can show every folder instead of stopping at the first bad one.
+    """
+    found: list[tuple[Path, Optional[dict], Optional[str]]] = []
+    for root in bundle_roots():
+        if not root.is_dir():
+            continue
+        for path in sorted(root.iterdir()):
+            if (path / "bundle.json").is_file():
+                try:
+                    found.append((path, read_bundle_meta(path), None))
+                except (CheckpointError, OSError) as err:
+                    found.append((path, None, str(err)))
+            elif any((path / f"{stem}.json").is_file() for stem in ("world_model", "idm")):
+                found.append((path, None, "no bundle.json: train both the world model and the IDM into it"))
+    return found
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: not a complete dawm bundle")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(meta).__name__}, not an object")
+    return meta
+
+
+def _require(meta: dict, keys: tuple[str, ...], path: Path) -> None:
+    """A CheckpointError naming ``path`` and every one of ``keys`` that ``meta`` lacks (not a bare KeyError)."""
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path} lacks the key(s) {missing}: a broken or hand-edited file; retrain the "
+                              "bundle or restore the file")
+
+
+def read_bundle_meta(path: str | os.PathLike) -> dict:
+    """``bundle.json`` of the bundle folder ``path``, checked for format, version and required keys.
+
+    Raises:
+        CheckpointError: naming the file and what is wrong.
+    """
+    path = Path(path)
+    meta = _read_json(path / "bundle.json")
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise CheckpointError(f"{path}/bundle.json is not a {BUNDLE_FORMAT} file (format={meta.get('format')!r})")
+    if not isinstance(meta.get("version", 0), int) or meta.get("version", 0) > BUNDLE_VERSION:
+        raise CheckpointError(f"{path} is bundle format v{meta.get('version')}; this dawm reads up to "
+                              f"v{BUNDLE_VERSION}")
+    _require(meta, REQUIRED_BUNDLE_KEYS, path / "bundle.json")
+    return meta
+
+
+def _trained_config(path: Path, stem: str) -> tuple[Optional[dict], str]:
+    """The config the ``stem`` weights were trained with, and where it was found: the safetensors header
+    (bundles written since it is stored there), else ``{stem}.json`` written beside the weights."""
+    from safetensors import safe_open
+
+    weights = path / f"{stem}.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            raw = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by load_tensors, with its cause
+        raw = None
+    if raw is not None:
+        try:
+            return json.loads(raw), f"{weights.name} (header)"
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{weights}: its stored config is not valid JSON ({err})") from err
+    side = path / f"{stem}.json"
+    if side.is_file():
+        cfg = _read_json(side).get("model_config")
+        return (cfg if isinstance(cfg, dict) else None), side.name
+    return None, ""
+
+
+def _check_fits_weights(path: Path, stem: str, cfg: dict) -> None:
+    """Refuse a ``bundle.json`` config whose structural fields differ from the ones the weights were trained with."""
+    trained, where = _trained_config(path, stem)
+    if trained is None:
+        return
+
+    def norm(v: object) -> object:
+        return list(v) if isinstance(v, (list, tuple)) else v  # JSON lists vs config tuples
+
+    for key in STRUCTURAL_FIELDS[stem]:
+        if key in trained and norm(cfg[key]) != norm(trained[key]):
+            raise CheckpointError(
+                f"{path}/bundle.json: {stem} {key} = {cfg[key]!r}, but the weights were trained with "
+                f"{key} = {trained[key]!r} ({where}); the config no longer fits the weights. Restore "
+                f"{key} = {trained[key]!r} or retrain the bundle")
 
 
 @dataclass(frozen=True)
@@ -179,30 +286,56 @@ class Bundle:
     @classmethod
     def load(cls, name_or_dir: str | os.PathLike, device: str | torch.device = "cpu",
              expect_task: Optional[str] = None) -> "Bundle":
-        """Load a bundle; raises CheckpointError / FileNotFoundError / ValueError with the cause."""
+        """Load a bundle; raises CheckpointError / FileNotFoundError / ValueError with the cause.
 
+        Every required key of ``bundle.json`` is checked, and its configs against the weights: names and shapes
+        (strict loading), and the structural fields (:data:`STRUCTURAL_FIELDS`) against the config stored with
+        the weights, which catches an edited horizon that changes no weight's shape.
+        """
+        device = resolve_device(device)  # --device cuda without CUDA: one clear line, not torch's AssertionError
         path = resolve_bundle(name_or_dir)
-        meta = _read_json(path / "bundle.json")
-        if meta.get("format") != BUNDLE_FORMAT:
-            raise CheckpointError(f"{path}/bundle.json is not a {BUNDLE_FORMAT} file (format={meta.get('format')!r})")
-        if meta.get("version", 0) > BUNDLE_VERSION:
-            raise CheckpointError(f"{path} is bundle format v{meta['version']}; this dawm reads up to v{BUNDLE_VERSION}")
-        task = get_task(meta["task"])
+        meta = read_bundle_meta(path)
+        where = path / "bundle.json"
+        try:
+            task = get_task(meta["task"])
+            wm_cfg = WorldModelConfig.from_dict(meta["world_model_config"])
+            idm_cfg = IDMConfig.from_dict(meta["idm_config"])
+            stats = NormStats.from_dict(meta["norm_stats"])
+        except (ValueError, TypeError, AttributeError) as err:  # a hand-edited or foreign file
+            raise CheckpointError(f"{where}: {err}") from err
         if expect_task is not None and get_task(expect_task).name != task.name:
             raise ValueError(f"bundle {path} is for task {task.name}, not {get_task(expect_task).name}")
-        wm_cfg = WorldModelConfig.from_dict(meta["world_model_config"])
+        if len(stats.obs_mean) != task.obs_dim:
+            raise CheckpointError(f"{where}: norm_stats hold {len(stats.obs_mean)} state dims; {task.name} has "
+                                  f"{task.obs_dim}")
+        _check_fits_weights(path, "world_model", wm_cfg.to_dict())
+        _check_fits_weights(path, "idm", idm_cfg.to_dict())
         wm = GaussianDiffusion.from_config(wm_cfg, task.obs_dim, task.act_dim)
-        idm = InverseDynamics.from_config(IDMConfig.from_dict(meta["idm_config"]), task.obs_dim, task.act_dim)
+        idm = InverseDynamics.from_config(idm_cfg, task.obs_dim, task.act_dim)
         for module, stem in ((wm, "world_model"), (idm, "idm")):
             tensors = load_tensors(path / f"{stem}.safetensors")
             try:
-                module.load_state_dict(tensors)
+                module.load_state_dict(tensors)  # strict: every weight's name and shape must fit the config
             except RuntimeError as err:
-                raise CheckpointError(f"{path}/{stem}.safetensors does not fit its config: {err}") from err
+                raise CheckpointError(f"{path}/{stem}.safetensors does not fit the config in {where}: {err}") from err
         seeds = load_tensors(path / "seeds.safetensors")
+        _check_seeds(seeds, task, path / "seeds.safetensors")
         return cls(path=path, task=task, world_model=wm.to(device).eval(), idm=idm.to(device).eval(),
-                   stats=NormStats.from_dict(meta["norm_stats"]), seed_states=seeds["states"].numpy(),
+                   stats=stats, seed_states=seeds["states"].numpy(),
                    seed_actions=seeds["actions"].numpy(), seed_rtg=seeds["rtg"].numpy(), meta=meta)
+
+
+def _check_seeds(seeds: dict[str, torch.Tensor], task: TaskSpec, path: Path) -> None:
+    """The seed pairs' tensors exist and have the task's shapes (``(M, obs)``, ``(M, act)``, ``(M,)``)."""
+    missing = [k for k in ("states", "actions", "rtg") if k not in seeds]
+    if missing:
+        raise CheckpointError(f"{path} lacks the tensor(s) {missing}; retrain or reassemble the bundle")
+    m = seeds["states"].shape[0] if seeds["states"].ndim == 2 else -1
+    want = {"states": (m, task.obs_dim), "actions": (m, task.act_dim), "rtg": (m,)}
+    for k, shape in want.items():
+        if tuple(seeds[k].shape) != shape or m < 1:
+            raise CheckpointError(f"{path}: {k} has shape {tuple(seeds[k].shape)}, expected {shape} for "
+                                  f"{task.name} (M >= 1 pairs)")
 
 
 def assemble_bundle(out: Path, num_seed_pairs: int = 4096, eval_windows: int = 1024, seed: int = 0) -> Optional[Path]:
@@ -217,6 +350,10 @@ def assemble_bundle(out: Path, num_seed_pairs: int = 4096, eval_windows: int = 1
     if not ((out / "world_model.json").is_file() and (out / "idm.json").is_file()):
         return None
     wm_meta, idm_meta = _read_json(out / "world_model.json"), _read_json(out / "idm.json")
+    _require(wm_meta, ("task", "dataset", "dataset_fingerprint", "model_config", "norm_stats", "heldout_fraction",
+                       "split_seed", "steps"), out / "world_model.json")
+    _require(idm_meta, ("task", "dataset_fingerprint", "model_config", "steps", "best_val_nll", "best_step"),
+             out / "idm.json")
     for key in ("task", "dataset_fingerprint"):
         if wm_meta[key] != idm_meta[key]:
             raise CheckpointError(f"{out}: world model and IDM were trained with different {key} "

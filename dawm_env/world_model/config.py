@@ -106,8 +106,20 @@ class WorldModelConfig(DictConfigMixin):
     def __post_init__(self) -> None:
         self.dim_mults = tuple(int(m) for m in self.dim_mults)
         factor = 2 ** (len(self.dim_mults) - 1)
-        if self.horizon < 1:
-            raise ValueError(f"horizon must be >= 1, got {self.horizon}")
+        # sizes and counts of 0 or below would build an empty network or train nothing, without an error
+        for name in ("horizon", "dim", "n_diffusion_steps", "batch_size", "train_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.dim_mults or any(m < 1 for m in self.dim_mults):
+            raise ValueError(f"dim_mults needs one or more multipliers >= 1, got {self.dim_mults}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1], got {self.ema_decay}")
+        if self.ema_start < 0:
+            raise ValueError(f"ema_start must be >= 0, got {self.ema_start}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
         if self.window % factor != 0:
             raise ValueError(
                 f"window T = horizon + 1 = {self.window} must be divisible by 2**(len(dim_mults)-1) = "

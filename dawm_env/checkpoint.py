@@ -75,15 +75,27 @@ def write_checkpoint_dir(path: Path, tensor_files: Mapping[str, Mapping[str, tor
         raise
 
 
+def read_json_object(path: Path) -> dict:
+    """A JSON file holding an object (dawm's metadata files), with one clear error when it is not.
+
+    Raises:
+        CheckpointError: invalid JSON, not UTF-8, or a JSON value that is not an object.
+    """
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err})") from err
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
 def read_meta(path: Path) -> dict:
     """``meta.json`` of a checkpoint folder, with a clear error when absent or malformed."""
     f = Path(path) / META_FILE
     if not f.is_file():
         raise CheckpointError(f"{path} is not a dawm checkpoint folder (no {META_FILE})")
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{f} is not valid JSON ({err})") from err
+    return read_json_object(f)
 
 
 def _json_default(obj: Any) -> Any:

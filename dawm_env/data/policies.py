@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dawm_env.checkpoint import read_json_object
 from dawm_env.data.rollout import PolicyFn
 from dawm_env.paths import atomic_write_json, file_sha256, policies_dir
 from dawm_env.tasks import TaskSpec
@@ -203,11 +204,8 @@ def _load_dawm(json_path: Path, st_path: Path) -> BehaviorPolicy:
 
     if not json_path.is_file():
         raise FileNotFoundError(f"policy file {json_path} does not exist (a dawm policy is a .json + .safetensors pair)")
-    try:
-        spec = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{json_path} is not valid JSON ({err})") from err
-    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+    spec = read_json_object(json_path)  # CheckpointError (a ValueError) for invalid JSON or a non-object
+    if spec.get("format") != FORMAT:
         raise ValueError(f"{json_path} is not a dawm behaviour policy (no \"format\": \"{FORMAT}\")")
     if spec.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{json_path}: policy format version {spec.get('format_version')!r} is not supported "

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from dawm_env.checkpoint import CheckpointError, load_tensors, save_tensors
+from dawm_env.checkpoint import CheckpointError, load_tensors, read_json_object, save_tensors
 from dawm_env.data.loading import load_dataset
 from dawm_env.data.normalization import NormStats
 from dawm_env.data.windows import returns_to_go
@@ -121,13 +121,7 @@ def scan_bundles() -> list[tuple[Path, Optional[dict], Optional[str]]]:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: not a complete dawm bundle")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err})") from err
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(meta).__name__}, not an object")
-    return meta
+    return read_json_object(path)
 
 
 def _require(meta: dict, keys: tuple[str, ...], path: Path) -> None:

@@ -121,7 +121,8 @@ def test_medium_replay_from_behavior_run_and_resume(monkeypatch, tmp_path):
     monkeypatch.setattr(behavior_sac, "evaluate_returns", interrupt)
     with pytest.raises(KeyboardInterrupt):
         behavior_sac.run_behavior_sac(cfg, progress=False)
-    run_dir = behavior_run_dir("hopper", 0)
+    run_dir = behavior_sac.run_dir_for(cfg)
+    assert run_dir != behavior_run_dir("hopper", 0)  # other settings than the default run: a folder of its own
     assert (run_dir / "checkpoint" / "meta.json").is_file() and not (run_dir / "run.json").exists()
     assert {"policy.safetensors", "replay.safetensors", "optim_actor.safetensors", "optim_critic.safetensors",
             "optim_ent_coef.safetensors", "misc.safetensors", "episodes.npz"} <= \
@@ -140,10 +141,20 @@ def test_medium_replay_from_behavior_run_and_resume(monkeypatch, tmp_path):
     a, b = load_file(str(run_dir / "policy.safetensors")), load_file(str(plain_dir / "policy.safetensors"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     monkeypatch.setenv("DAWM_HOME", str(run_dir.parent.parent))
-    # the builder reuses the finished run for medium-replay
+    # a run is reused only under the settings it was made with: the builder's medium-replay run (cap 500, the
+    # default warm-up) is a run of its own, and the finished one above is left as it was
+    stamp = (run_dir / "run.json").stat().st_mtime_ns
     dataset_id = build_dataset(BuildConfig("hopper", "medium-replay", steps=500), progress=False)
+    builder_run = behavior_sac.run_dir_for(behavior_sac.BehaviorSACConfig(task="hopper", max_steps=500))
+    assert builder_run not in (run_dir, behavior_run_dir("hopper", 0)) and (builder_run / "run.json").is_file()
+    assert (run_dir / "run.json").stat().st_mtime_ns == stamp
     data = load_dataset(dataset_id)
-    assert data.num_transitions == summary["replay_transitions"]
+    assert data.num_transitions == json.loads((builder_run / "run.json").read_text())["replay_transitions"]
+    # a finished run whose recorded settings differ (a copied or stale folder) is refused, not reused
+    summary["config"]["max_steps"] = 1000
+    (run_dir / "run.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match="other settings.*max_steps=1000"):
+        behavior_sac.run_behavior_sac(cfg, progress=False)
     # every recorded episode carries its own seed; the resumed run continues the seed sequence
     np.testing.assert_array_equal(np.sort(data.seeds), np.arange(data.num_episodes))
 

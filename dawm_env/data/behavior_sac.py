@@ -17,13 +17,15 @@ states, the evaluation history) and ``episodes.npz`` (our recorded episodes); it
 constructed SB3 SAC. The checkpoint is taken after the step's gradient update, so a resumed run continues
 exactly where the checkpointed one was.
 
-Outputs in ``behavior_run_dir(task, seed)``: ``policy.json`` + ``policy.safetensors`` (the medium policy's
+Outputs in ``run_dir_for(cfg)`` (``behavior_run_dir(task, seed)`` for the default settings): ``policy.json`` + ``policy.safetensors`` (the medium policy's
 actor, in the dawm policy format of :mod:`dawm_env.data.policies`), ``replay.npz`` (D4RL qlearning layout
 plus timeouts, seeds and episode offsets) and ``run.json``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import time
@@ -75,6 +77,43 @@ class BehaviorSACConfig:
     """Seconds between resumable checkpoints (taken at the next episode boundary)."""
     torch_threads: int = 1
     """torch intra-op threads (small nets: one thread per run is most efficient on 2 cores)."""
+
+
+#: Settings that decide what a behaviour run produces (not how often it checkpoints or how many threads it uses).
+RUN_IDENTITY = ("task", "seed", "target_fraction", "max_steps", "learning_starts", "eval_every", "eval_episodes")
+
+
+def run_identity(cfg: BehaviorSACConfig) -> dict:
+    """The settings of ``cfg`` that decide the run's result (task name canonical)."""
+    d = asdict(cfg)
+    d["task"] = get_task(cfg.task).name
+    return {k: d[k] for k in RUN_IDENTITY}
+
+
+def run_dir_for(cfg: BehaviorSACConfig) -> Path:
+    """The run's folder: ``behavior_run_dir(task, seed)`` for the default settings, a folder of its own otherwise.
+
+    A run with other settings (a 1000-step smoke test, another step cap) never shares a folder with the default
+    run, so it can neither be reused in its place nor reuse it.
+    """
+    ident = run_identity(cfg)
+    base = behavior_run_dir(ident["task"], cfg.seed)
+    if ident == run_identity(BehaviorSACConfig(task=cfg.task, seed=cfg.seed)):
+        return base
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
+    return base.with_name(f"{base.name}-{key}")
+
+
+def _check_identity(found: Optional[dict], cfg: BehaviorSACConfig, where: Path) -> None:
+    """Refuse a finished run or checkpoint in ``where`` that was made with other settings than ``cfg``."""
+    want = run_identity(cfg)
+    if found is None:
+        return
+    diff = {k: (found.get(k), want[k]) for k in want if found.get(k) != want[k]}
+    if diff:
+        raise ValueError(f"the behaviour run in {where} was made with other settings "
+                         f"({', '.join(f'{k}={a!r}, wanted {b!r}' for k, (a, b) in diff.items())}); delete {where} "
+                         "to start it afresh")
 
 
 class _EpisodeRecorder(gym.Wrapper):
@@ -255,8 +294,10 @@ def run_behavior_sac(cfg: BehaviorSACConfig, progress: bool = True) -> Path:
 
 
     task = get_task(cfg.task)
-    run_dir = behavior_run_dir(task.name, cfg.seed)
+    run_dir = run_dir_for(cfg)
     if (run_dir / "run.json").is_file() and (run_dir / "replay.npz").is_file():
+        finished = json.loads((run_dir / "run.json").read_text())
+        _check_identity({k: finished.get("config", {}).get(k) for k in RUN_IDENTITY}, cfg, run_dir)
         log.info("reusing finished behaviour run %s", run_dir)
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -274,9 +315,11 @@ def run_behavior_sac(cfg: BehaviorSACConfig, progress: bool = True) -> Path:
         episodes = _dataset_to_episodes(load_npz(ckpt / "episodes.npz", task=task.name))
     recorder = _EpisodeRecorder(gym.make(task.env_id), base_seed=cfg.seed * 10**6, episodes=episodes)
     model = SAC("MlpPolicy", recorder, learning_starts=cfg.learning_starts, seed=cfg.seed, device="cpu")
-    state: dict = {"history": [], "reached_at": None}
+    state: dict = {"history": [], "reached_at": None, "identity": run_identity(cfg)}
     if resume:
         state = load_sac_state(model, ckpt)
+        _check_identity(state.get("identity"), cfg, run_dir)
+        state["identity"] = run_identity(cfg)
         log.info("resumed behaviour run at step %d", model.num_timesteps)
 
     def save_checkpoint() -> None:

@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from dawm_env.data.behavior_sac import BehaviorSACConfig, run_behavior_sac
+from dawm_env.data.behavior_sac import BehaviorSACConfig, run_behavior_sac, run_dir_for
 from dawm_env.data.loading import load_dataset, load_npz
 from dawm_env.data.minari_io import (
     check_dataset_output,
@@ -37,7 +37,7 @@ from dawm_env.data.minari_io import (
 from dawm_env.data.policies import default_policy_path, load_policy
 from dawm_env.data.records import OfflineDataset
 from dawm_env.data.rollout import collect_transitions, uniform_random_policy
-from dawm_env.paths import behavior_run_dir, file_sha256, minari_root
+from dawm_env.paths import file_sha256, minari_root
 from dawm_env.tasks import LEVEL_PARTS, LEVELS, TaskSpec, get_task
 
 log = logging.getLogger(__name__)
@@ -113,12 +113,13 @@ def _policy_rollouts(task: TaskSpec, level: str, cfg: BuildConfig, seed_base: in
 
 def _behavior_run(task: TaskSpec, cfg: BuildConfig, progress: bool) -> Path:
 
-    run_dir = behavior_run_dir(task.name, cfg.seed)
+    max_steps = cfg.steps if cfg.level == "medium-replay" else BehaviorSACConfig.max_steps
+    sac_cfg = BehaviorSACConfig(task=task.name, seed=cfg.seed, max_steps=max_steps)
+    run_dir = run_dir_for(sac_cfg)
     if not (run_dir / "run.json").is_file():
         log.warning("no finished behaviour SAC run for %s in %s: training one now (tens of minutes on 2 CPU "
                     "cores; interrupt and rerun to resume)", task.name, run_dir)
-    max_steps = cfg.steps if cfg.level == "medium-replay" else BehaviorSACConfig.max_steps
-    return run_behavior_sac(BehaviorSACConfig(task=task.name, seed=cfg.seed, max_steps=max_steps), progress=progress)
+    return run_behavior_sac(sac_cfg, progress=progress)
 
 
 def _reuse_built(task: TaskSpec, level: str, cfg: BuildConfig, info: dict) -> Optional[OfflineDataset]:

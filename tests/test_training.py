@@ -150,6 +150,10 @@ def test_bundle_end_to_end_and_cli(hopper_npz, tmp_path):
     train_world_model(WorldModelTrainConfig(dataset=hopper_npz, out=str(out), steps=20, **TINY_WM))
     assert assemble_bundle(out) is None  # IDM still missing
     train_idm(IDMTrainConfig(dataset=hopper_npz, out=str(out), steps=60, **TINY_IDM))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    idm_events = EventAccumulator(str(out / "tensorboard" / "idm")).Reload()
+    assert [e.step for e in idm_events.Scalars("idm/val_nll")] == [60]  # the IDM logs its curve like the world model
     assemble_bundle(out, num_seed_pairs=200, eval_windows=64)
     bundle = Bundle.load(out)
     assert bundle.task.name == "hopper"

@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 from dawm_env.checkpoint import TrainState, check_resumable
 from dawm_env.data.loading import load_dataset
@@ -85,6 +86,8 @@ def train_idm(cfg: IDMTrainConfig) -> Path:
 
     gen = torch.Generator(device=device)
     bar = tqdm(total=idm_cfg.train_steps, initial=state.step, desc="idm", unit="step", disable=not cfg.progress)
+    # next to the world model's events; purge_step: a resumed run drops events logged after its checkpoint
+    writer = SummaryWriter(str(out / "tensorboard" / "idm"), purge_step=state.step or None)
     while state.step < idm_cfg.train_steps:
         model.train()
         rng = step_rngs(cfg.seed, 0, state.step, gen)
@@ -107,11 +110,12 @@ def train_idm(cfg: IDMTrainConfig) -> Path:
                 state.extra.update(best_val_nll=val_nll, best_step=state.step)
                 best.load_state_dict(model.state_dict())
             bar.set_postfix(val_nll=f"{val_nll:.3f}", best=f"{state.extra['best_val_nll']:.3f}")
+            writer.add_scalar("idm/train_nll", float(loss.detach()), state.step)
+            writer.add_scalar("idm/val_nll", val_nll, state.step)
         if state.step % cfg.checkpoint_every == 0 or state.step == idm_cfg.train_steps:
             state.save(ckpt, run_meta)
     bar.close()
-
-
+    writer.close()
     write_component(out, IDM_FILE, best.state_dict(), {**run_meta, "steps": state.step,
                                                         "best_val_nll": state.extra["best_val_nll"],
                                                         "best_step": state.extra["best_step"],

@@ -15,7 +15,14 @@ _C = TypeVar("_C", bound="DictConfigMixin")
 
 
 class DictConfigMixin:
-    """``to_dict`` / ``from_dict`` for flat dataclass configs (tuples <-> JSON lists)."""
+    """``to_dict`` / ``from_dict`` for flat dataclass configs (tuples <-> JSON lists), and a positivity check."""
+
+    def require_positive(self, *names: str) -> None:
+        """Raise ValueError naming the first field of ``names`` below 1 (a size or count of 0 or below would build
+        an empty network or train nothing, without an error)."""
+        for name in names:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of every field (tuples become lists)."""
@@ -106,10 +113,7 @@ class WorldModelConfig(DictConfigMixin):
     def __post_init__(self) -> None:
         self.dim_mults = tuple(int(m) for m in self.dim_mults)
         factor = 2 ** (len(self.dim_mults) - 1)
-        # sizes and counts of 0 or below would build an empty network or train nothing, without an error
-        for name in ("horizon", "dim", "n_diffusion_steps", "batch_size", "train_steps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.require_positive("horizon", "dim", "n_diffusion_steps", "batch_size", "train_steps")
         if not self.dim_mults or any(m < 1 for m in self.dim_mults):
             raise ValueError(f"dim_mults needs one or more multipliers >= 1, got {self.dim_mults}")
         if not self.lr > 0:

@@ -60,9 +60,7 @@ class IDMConfig(DictConfigMixin):
         self.hidden = tuple(int(h) for h in self.hidden)
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden needs one or more layer sizes >= 1, got {self.hidden}")
-        for name in ("batch_size", "train_steps", "eval_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.require_positive("batch_size", "train_steps", "eval_every")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not self.log_std_min < self.log_std_max:

@@ -28,7 +28,7 @@ Variants (``algo``):
   ``s_n`` (:class:`~dawm_env.agents.sources.ValueExpansion`); the rollouts come from ``synthetic`` (a generated
   dataset) or are generated ``online``. Normalisation, reward scale and evaluation stay the real dataset's.
 
-``dawm train agent --algo td3bc --dataset ID [--synthetic ID] [--bundle NAME] [--steps N] [--seeds K] --out DIR``
+``dawm train agent --algo td3bc --dataset ID|FILE [--task T] [--synthetic ID] [--steps N] [--seeds K] --out DIR``
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ from dawm_env.agents.sources import (
     ssorl_relabel,
 )
 from dawm_env.agents.td3bc import TD3BC, TD3BCConfig
-from dawm_env.checkpoint import CheckpointError, TrainState, check_resumable
+from dawm_env.checkpoint import CheckpointError, TrainState, check_resumable, readable_checkpoint, recover_checkpoint
 from dawm_env.data.loading import load_dataset
 from dawm_env.data.minari_io import dataset_exists
 from dawm_env.data.records import OfflineDataset
@@ -134,6 +134,9 @@ class TrainAgentConfig:
     """Fields of :class:`TD3BCConfig` / :class:`IQLConfig` to override (e.g. ``{"alpha": 2.5}``)."""
     level: Optional[str] = None
     """Dataset level for CORL's per-dataset IQL settings; inferred from the dataset id when unset."""
+    task: Optional[str] = None
+    """Task of ``dataset`` (hopper, walker2d, halfcheetah): needed only for a file that does not record it (a D4RL
+    hdf5, a plain qlearning npz); must agree with the data when it does."""
     bundle: Optional[str] = None
     """World-model bundle (name or folder); ``ssorl-*`` use its inverse dynamics model, ``online`` generates
     with it."""
@@ -162,13 +165,17 @@ class TrainAgentConfig:
     device: str = "cpu"
     """``cpu`` or ``cuda``."""
     threads: Optional[int] = None
-    """torch CPU threads (default: all cores)."""
+    """torch CPU threads (None: the process's setting stands, torch's default unless the caller set one)."""
     progress: bool = True
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
         if self.algo not in BASE_ALGO:
             raise ValueError(f"unknown algo {self.algo!r}; implemented: {', '.join(BASE_ALGO)}")
+        if self.task is not None:
+            self.task = get_task(self.task).name  # an unknown task fails here, naming the known ones
+        if self.level is not None and self.level not in LEVELS:
+            raise ValueError(f"unknown level {self.level!r}; choose from {', '.join(LEVELS)}")
         if self.algo.startswith("ssorl-") and not self.bundle:
             raise ValueError(f"{self.algo} needs a bundle (its inverse dynamics model relabels the actions)")
         if self.is_dwm and self.synthetic is None and not self.online:
@@ -402,9 +409,9 @@ def train_agent(cfg: TrainAgentConfig, source: Optional[TransitionSource] = None
 
     device = setup_torch(cfg.device, cfg.threads)
     out = check_writable_dir(cfg.out, "--out")  # before loading data and training, not at the first checkpoint
-    real = load_dataset(cfg.dataset)
+    real = load_dataset(cfg.dataset, task=cfg.task)
     if not real.task:
-        raise ValueError(f"{cfg.dataset}: unknown task; dawm agents need hopper, walker2d or halfcheetah data")
+        raise ValueError(f"{cfg.dataset} does not record its task; pass --task hopper, walker2d or halfcheetah")
     task = get_task(real.task)
     algo_cfg = resolve_algo_config(cfg, task)
     train_source, data_desc = build_source(cfg, real, device, source, discount=algo_cfg.discount)
@@ -419,7 +426,7 @@ def train_agent(cfg: TrainAgentConfig, source: Optional[TransitionSource] = None
     ckpt = out / CKPT_DIR
     extra: dict[str, Any] = {"evals": [], "losses": [], "train_seconds": 0.0, "eval_seconds": 0.0}
     step = 0
-    if ckpt.exists():
+    if recover_checkpoint(ckpt):  # a swap cut by a kill is finished first, not mistaken for "no checkpoint"
         check_resumable(ckpt, run_meta, RESUME_KEYS, out_hint=out)
         meta = load_checkpoint(ckpt, agent, device)
         step, extra = int(meta["step"]), meta["extra"]
@@ -539,7 +546,10 @@ def load_agent(run_dir: str | Path, device: str = "cpu") -> tuple[Agent, dict]:
     cfg_file = run_dir / CONFIG_FILE
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not a dawm agent run (no {CONFIG_FILE})")
-    if not (run_dir / CKPT_DIR).exists():
+    # read-only: the copy an interrupted swap left is read where it lies (the training run, which may still be
+    # writing, is the one that repairs its folder)
+    ckpt = readable_checkpoint(run_dir / CKPT_DIR)
+    if ckpt is None:
         raise CheckpointError(f"{run_dir} has no {CKPT_DIR}/ yet: the run has not reached its first checkpoint")
     dev = resolve_device(device)
     try:
@@ -553,7 +563,7 @@ def load_agent(run_dir: str | Path, device: str = "cpu") -> tuple[Agent, dict]:
     except (KeyError, TypeError, json.JSONDecodeError) as err:  # a broken or hand-edited config.json
         raise CheckpointError(f"{cfg_file} is not a readable dawm run config ({type(err).__name__}: {err}); "
                               "rerun dawm train agent with the same --out to rewrite it") from err
-    meta = load_checkpoint(run_dir / CKPT_DIR, agent, dev, with_optimizers=False)
+    meta = load_checkpoint(ckpt, agent, dev, with_optimizers=False)
     return agent, meta
 
 

@@ -8,6 +8,11 @@ real ``Hopper-v5`` (single env, random actions, resets included) in the same run
 Each dream step generates a whole window (T rows, N_sampling reverse steps, conditional and
 unconditional passes): the cost per transition is about ``2 * N_sampling`` U-Net passes over T rows.
 
+With ``--dataset`` (real data of the task), the same env configuration's one-step error is measured next to
+its speed: held-out real states (whose observation fixes the MuJoCo state) stepped once by the dream with the
+data's actions and once by the real env (normalised-state MSE, reward MAE), so speed is never bought with
+wrong states unseen.
+
 Saves a new JSON file (``--out``, default ``benchmarks/results/runs/dream_env_speed-<UTC time>.json``).
 
     python benchmarks/dream_env_speed.py --bundle hopper-medium --threads 2
@@ -83,6 +88,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance-weight", type=float, default=None,
                    help="override w (default: the bundle's); w = 1 runs one network pass instead of two")
+    p.add_argument("--sampling-timesteps", type=int, nargs="+", default=None,
+                   help="explicit diffusion steps to visit, e.g. 0 3 (instead of --sampling-steps)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the networks")
+    p.add_argument("--raw", action="store_true", help="the raw dream (no pessimism: no IDM call per step)")
+    p.add_argument("--dataset", default=None, help="real data of the task: also measure the one-step error")
+    p.add_argument("--error-states", type=int, default=2000, help="held-out states for the one-step error")
     add_out_argument(p, "dream_env_speed")
     args = p.parse_args()
 
@@ -110,6 +121,12 @@ def main() -> None:
         kwargs["sampling_steps"] = args.sampling_steps
     if args.guidance_weight is not None:
         kwargs["guidance_weight"] = args.guidance_weight
+    if args.sampling_timesteps is not None:
+        kwargs["sampling_timesteps"] = list(args.sampling_timesteps)
+    if args.bf16:
+        kwargs["bf16"] = True
+    if args.raw:
+        kwargs["pessimism"] = False
     cfg = DreamConfig(**{**spec.kwargs, **kwargs})
     bundle = load_bundle_for(cfg)
     task = get_task(cfg.task)
@@ -123,6 +140,8 @@ def main() -> None:
         "env_id": args.env_id, "bundle": str(bundle.path),
         "world_model": {"dim": wm_cfg["dim"], "dim_mults": wm_cfg["dim_mults"], "window": wm_cfg["horizon"] + 1,
                         "sampling_steps": args.sampling_steps or wm_cfg["n_sampling_steps"],
+                        "sampling_timesteps": args.sampling_timesteps, "bf16": args.bf16,
+                        "pessimism": not args.raw,
                         "guidance_weight": wm_cfg["guidance_weight"] if args.guidance_weight is None
                         else args.guidance_weight,
                         "parameters": sum(p.numel() for p in bundle.world_model.parameters())},
@@ -139,7 +158,37 @@ def main() -> None:
         results["dream_vector"].append(r)
         print(f"dream vector num_envs={n:5d}: {r['steps_per_s']:9.1f} steps/s ({r['ms_per_call']:.1f} ms/call, "
               f"{r['vs_real']:.3f} x real)")
+    if args.dataset:
+        results["one_step_error"] = one_step_error(cfg, args.dataset, args.error_states, args.seed)
+        print(f"one-step error vs MuJoCo on {results['one_step_error']['states']} held-out states: state MSE "
+              f"{results['one_step_error']['state_mse']:.4f} (normalised), reward MAE "
+              f"{results['one_step_error']['reward_mae']:.4f}")
     save_results(args.out, "dream_env_speed", results)
+
+
+def one_step_error(cfg: Any, dataset: str, n: int, seed: int) -> dict:
+    """The dream step of ``cfg`` against MuJoCo from the same held-out real states with the data's actions."""
+    from dawm_env.data.loading import load_dataset
+    from dawm_env.data.rollout import real_step_from
+    from dawm_env.envs.dream import DreamDynamics
+    from dawm_env.world_model.data import heldout_episodes
+
+    dyn = DreamDynamics(cfg)
+    task, meta = dyn.task, dyn.bundle.meta
+    data = load_dataset(dataset, task=task.name)
+    held = heldout_episodes(data, float(meta["heldout_fraction"]), int(meta["split_seed"]))
+    usable = np.repeat(held, data.episode_lengths) if held.any() else np.ones(data.num_transitions, dtype=bool)
+    usable[data.episode_offsets[:-1]] = False
+    usable &= task.determines_state(data.observations)
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(np.flatnonzero(usable), size=min(n, int(usable.sum())), replace=False))
+    s, a = data.observations[idx].astype(np.float64), data.actions[idx]
+    real_next, real_rew, _ = real_step_from(task, s, a)
+    out = dyn.step(s, a, rng, data.observations[idx - 1].astype(np.float64))
+    raw_rew = out.info.get("raw_reward", out.rewards)
+    err = (((out.next_states - real_next) / np.asarray(dyn.bundle.stats.obs_std)) ** 2).mean(-1)
+    return {"dataset": dataset, "states": int(len(idx)), "state_mse": float(err.mean()),
+            "state_mse_median": float(np.median(err)), "reward_mae": float(np.abs(raw_rew - real_rew).mean())}
 
 
 if __name__ == "__main__":

@@ -2,23 +2,37 @@
 
 Never a pickle of our own objects: tensors go to ``*.safetensors``, everything else (configs, step
 counters, RNG states, optimiser hyper-parameters) to JSON. A checkpoint folder is written under a
-temporary name and renamed into place, so a kill mid-write leaves the previous checkpoint intact.
+temporary name (``.NAME.tmp-XXXXXXXX``), sealed with ``manifest.json`` (size and sha256 of every file) and
+swapped into place: the live folder is renamed aside (``.NAME.old-XXXXXXXX``), the new one renamed in, the
+old one removed. A kill at any point of that leaves a complete copy on disk; :func:`recover_checkpoint`
+(called by every trainer before it looks for its checkpoint) finishes an interrupted swap and removes the
+leftovers, so a resumed run never silently starts again from step 0.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
+
 META_FILE = "meta.json"
+#: Written last into a staged checkpoint folder: a staged copy without it (or failing it) is incomplete.
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "dawm-checkpoint-manifest"
+_TMP, _OLD = ".tmp-", ".old-"
 
 
 class CheckpointError(ValueError):
@@ -57,22 +71,154 @@ def write_checkpoint_dir(path: Path, tensor_files: Mapping[str, Mapping[str, tor
         tensor_files: ``{file stem: {tensor name: tensor}}``.
         meta: JSON-serialisable metadata.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with staged_checkpoint(path) as tmp:
         for stem, tensors in tensor_files.items():
             save_tensors(tmp / f"{stem}.safetensors", tensors)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default) + "\n")
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+
+
+# --- the swap and its recovery ----------------------------------------------------------------------
+@contextlib.contextmanager
+def staged_checkpoint(path: Path) -> Iterator[Path]:
+    """A fresh hidden folder beside ``path`` to write a checkpoint into; on a clean exit it replaces ``path``.
+
+    The one way dawm replaces a checkpoint folder (TrainState, behaviour SAC): the staged folder is sealed with
+    :data:`MANIFEST_FILE`, the live ``path`` renamed aside, the staged one renamed in, then the old copy and any
+    leftovers of earlier interrupted swaps are removed. An exception inside the block removes the staged folder
+    and leaves ``path`` as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{_TMP}{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        _write_manifest(tmp)
+        old = path.with_name(f".{path.name}{_OLD}{uuid.uuid4().hex[:8]}")
         if path.exists():
             path.rename(old)
         tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # interrupted between the two renames, the sealed copy is the newest checkpoint: keep it for recovery
+        if path.exists() or not (tmp / MANIFEST_FILE).is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for leftover in _leftovers(path):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def recover_checkpoint(path: Path) -> bool:
+    """Finish a swap that a kill interrupted and remove its leftovers; whether a checkpoint is at ``path`` now.
+
+    Call before looking for a checkpoint to resume, only from the process that owns (writes) it. With ``path``
+    present, the leftovers beside it (a staged copy killed mid-write, an old copy killed before its removal) are
+    removed. With ``path`` missing, the newest complete leftover is renamed into place: a sealed staged copy
+    (its manifest checks out) before an old copy (it was live, so complete; its manifest, or for folders of
+    older dawm versions its JSON and safetensors files, must check out).
+    """
+    path = Path(path)
+    if not path.exists():
+        best = _newest_complete(path)
+        if best is not None:
+            best.rename(path)
+            log.warning("finished the interrupted checkpoint swap of %s (from %s)", path, best.name)
+    for leftover in _leftovers(path):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return path.exists()
+
+
+def readable_checkpoint(path: Path) -> Optional[Path]:
+    """The folder to read the checkpoint ``path`` from, changing nothing on disk (readers that do not own it).
+
+    ``path`` itself when present, else the copy :func:`recover_checkpoint` would put in its place, else None.
+    """
+    path = Path(path)
+    return path if path.exists() else _newest_complete(path)
+
+
+def checkpoint_is_complete(folder: Path, require_manifest: bool = False) -> bool:
+    """Whether ``folder`` holds a whole checkpoint.
+
+    With a :data:`MANIFEST_FILE`: every file it lists has the recorded size and sha256. Without one (folders of
+    dawm versions before the manifest): False when ``require_manifest``, else every ``*.json`` parses, every
+    ``*.safetensors`` is as long as its header says and every ``*.npz`` passes its CRC check.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    manifest = folder / MANIFEST_FILE
+    try:
+        if manifest.is_file():
+            spec = json.loads(manifest.read_text())
+            if spec.get("format") != MANIFEST_FORMAT:
+                return False
+            return all((folder / name).is_file() and (folder / name).stat().st_size == rec["bytes"]
+                       and _sha256(folder / name) == rec["sha256"] for name, rec in spec["files"].items())
+        if require_manifest or not (folder / META_FILE).is_file():
+            return False
+        for f in folder.iterdir():
+            if f.suffix == ".json":
+                json.loads(f.read_text())
+            elif f.suffix == ".safetensors" and not _safetensors_intact(f):
+                return False
+            elif f.suffix == ".npz":
+                with zipfile.ZipFile(f) as z:
+                    if z.testzip() is not None:
+                        return False
+        return True
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile):
+        return False  # unreadable or malformed: not a copy to resume from
+
+
+def _leftovers(path: Path) -> list[Path]:
+    """Staged (``.NAME.tmp-*``) and old (``.NAME.old-*``) copies of ``path``, and the fixed-name ones
+    (``NAME.tmp`` / ``NAME.old``) of behaviour SAC runs of earlier dawm versions."""
+    if not path.parent.is_dir():
+        return []
+    names = (f".{path.name}{_TMP}", f".{path.name}{_OLD}", f"{path.name}.tmp", f"{path.name}.old")
+    return sorted(p for p in path.parent.iterdir() if p.is_dir() and p.name.startswith(names)
+                  and (p.name.startswith(names[:2]) or p.name in names[2:]))
+
+
+def _newest_complete(path: Path) -> Optional[Path]:
+    """The leftover of ``path`` to resume from: a swap seals its staged copy while the old one is still live, so
+    staged copies come first (only sealed ones count), then old ones; the most recent first within each kind."""
+    def staged(p: Path) -> bool:
+        return p.name.startswith(f".{path.name}{_TMP}") or p.name == f"{path.name}.tmp"
+
+    for cand in sorted(_leftovers(path), key=lambda p: (not staged(p), -p.stat().st_mtime_ns)):
+        if checkpoint_is_complete(cand, require_manifest=staged(cand)):
+            return cand
+    return None
+
+
+def _write_manifest(folder: Path) -> None:
+    files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+             for f in sorted(folder.iterdir()) if f.is_file() and f.name != MANIFEST_FILE}
+    (folder / MANIFEST_FILE).write_text(json.dumps({"format": MANIFEST_FORMAT, "files": files}, indent=1) + "\n")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _safetensors_intact(path: Path) -> bool:
+    """A safetensors file exactly as long as its header says (a truncated write is shorter)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return False
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            return False
+        header = json.loads(fh.read(n))
+    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    return size == 8 + n + max(ends, default=0)
 
 
 def read_json_object(path: Path) -> dict:

@@ -22,6 +22,9 @@ app.add_typer(bundle_app, name="bundle")
 #: What a command reports as one ``error:`` line instead of a traceback: bad settings and inputs (ValueError,
 #: which CheckpointError extends) and what the filesystem refuses (OSError: missing files, permissions, a full disk).
 _EXPECTED = (ValueError, OSError)
+#: ``--threads`` of every command; the default is resolved by :func:`dawm_env.runtime.cli_threads`.
+_THREADS_HELP = "torch CPU threads (default: $DAWM_THREADS, else torch's default: one per physical core)."
+_TASK_HELP = "Task of --dataset (hopper, walker2d or halfcheetah); needed only for a file that does not record it."
 
 
 def _fail(err: Exception) -> None:
@@ -74,13 +77,19 @@ def data_info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """Episodes, transitions, returns and mean normalised score of a dataset."""
-    from dawm_env.data.loading import load_dataset
+    from dawm_env.data.loading import is_dataset_file, load_dataset
     from dawm_env.data.summary import summarize
     from dawm_env.generation.stats import generation_stats, is_generated_dataset
+    from dawm_env.tasks import TASKS
 
     try:
-        summary = summarize(load_dataset(source, task=task))
-        generated = generation_stats(source) if is_generated_dataset(source) else None
+        data = load_dataset(source, task=task)
+        if not data.task:  # a D4RL hdf5 / npz that does not say which env it is from
+            raise ValueError(f"{source} does not record its task (needed for the normalised score); pass --task, "
+                             f"one of {', '.join(TASKS)}")
+        summary = summarize(data)
+        # generation records live in Minari metadata only: a file is never a `dawm generate` output
+        generated = None if is_dataset_file(source) or not is_generated_dataset(source) else generation_stats(source)
     except _EXPECTED as err:
         _fail(err)
     if as_json:
@@ -96,12 +105,18 @@ def data_list() -> None:
     """List local Minari datasets, with dawm's build record where there is one (metadata only: fast)."""
     import minari
 
-    from dawm_env.data.minari_io import read_provenance
+    from dawm_env.data.loading import prune_flat_caches
+    from dawm_env.data.minari_io import read_provenance, restore_all_interrupted_overwrites
 
     try:
+        restore_all_interrupted_overwrites()  # an --overwrite killed mid-swap: list the id, not a gap
         local = sorted(minari.list_local_datasets())
     except _EXPECTED as err:  # e.g. MINARI_DATASETS_PATH below a file
         _fail(err)
+    try:
+        prune_flat_caches()  # flat caches of deleted datasets (`minari delete`) only take disk space
+    except OSError:  # an unreadable cache folder must not stop the listing
+        pass
     typer.echo(f"{'dataset':44s} {'transitions':>11s} {'episodes':>8s} {'norm. score':>11s} {'build s':>8s}")
     for dataset_id in local:
         try:
@@ -112,6 +127,26 @@ def data_list() -> None:
         score = prov.get("mean_normalized_score")
         typer.echo(f"{dataset_id:44s} {prov.get('transitions', ''):>11} {prov.get('episodes', ''):>8} "
                    f"{'' if score is None else f'{score:.1f}':>11s} {prov.get('collect_seconds', ''):>8}")
+
+
+@data_app.command("combine")
+def data_combine(
+    sources: list[str] = typer.Argument(..., help="Two or more local Minari ids of one task (e.g. real + generated)."),
+    dataset_id: str = typer.Option(..., "--id", help="Minari id of the combined dataset."),
+    overwrite: bool = typer.Option(False, help="Replace an existing dataset with this id."),
+    description: Optional[str] = typer.Option(None, help="Free text (default: names the inputs)."),
+) -> None:
+    """Combine Minari datasets into one, keeping reference scores, eval env and dawm provenance; prints the id.
+
+    minari.combine_datasets drops ref_min_score / ref_max_score and eval_env, so
+    minari.get_normalized_score fails on its result; this writes the episodes in order, atomically.
+    """
+    from dawm_env.data.minari_io import combine_datasets
+
+    try:
+        typer.echo(combine_datasets(sources, dataset_id, overwrite=overwrite, description=description))
+    except _EXPECTED as err:
+        _fail(err)
 
 
 @app.command("generate")
@@ -132,16 +167,19 @@ def generate_cmd(
     batch_size: int = typer.Option(4096, help="Rollouts per model call."),
     overwrite: bool = typer.Option(False, help="Replace an existing dataset with this id."),
     restart: bool = typer.Option(False, help="Discard a previous interrupted run instead of resuming it."),
+    threads: Optional[int] = typer.Option(None, help=_THREADS_HELP),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Generate DAWM rollouts from a bundle as a Minari dataset (resumable; prints the id)."""
     from dawm_env.generation import GenerateConfig, generate_dataset
+    from dawm_env.runtime import cli_threads
 
     try:
         dataset_id = generate_dataset(GenerateConfig(
             bundle=bundle, seed_dataset=seed_dataset, out=out, horizon=horizon, rtg=rtg, guidance=guidance,
             subsample=subsample, repeats=repeats, device=device, shard=shard, seed=seed, batch_size=batch_size,
-            action_source=action_source, overwrite=overwrite, restart=restart, progress=progress))
+            action_source=action_source, overwrite=overwrite, restart=restart, threads=cli_threads(threads),
+            progress=progress))
     except _EXPECTED as err:
         _fail(err)
     typer.echo(dataset_id)
@@ -159,17 +197,20 @@ def train_world_model_cmd(
     checkpoint_every: int = typer.Option(1000, help="Resumable checkpoint period (steps)."),
     eval_every: Optional[int] = typer.Option(
         None, help="Evaluate on held-out windows every this many steps (OUT/quality_curve.json)."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores)."),
+    task: Optional[str] = typer.Option(None, help=_TASK_HELP),
+    threads: Optional[int] = typer.Option(None, help=_THREADS_HELP),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train (or resume) the diffusion world model; rerun the same command to resume after a kill."""
+    from dawm_env.runtime import cli_threads
     from dawm_env.training.world_model import WorldModelTrainConfig, train_world_model
-    from dawm_env.world_model.bundle import assemble_bundle
+    from dawm_env.world_model.assemble import assemble_bundle
 
     try:
         path = train_world_model(WorldModelTrainConfig(
             dataset=dataset, out=out, preset=preset, steps=steps, batch_size=batch_size, device=device, seed=seed,
-            checkpoint_every=checkpoint_every, eval_every=eval_every, threads=threads, progress=progress))
+            checkpoint_every=checkpoint_every, eval_every=eval_every, task=task, threads=cli_threads(threads),
+            progress=progress))
         if assemble_bundle(path) is not None:
             typer.echo(f"bundle ready: {path}")
     except _EXPECTED as err:
@@ -194,17 +235,20 @@ def train_idm_cmd(
     batch_size: Optional[int] = typer.Option(None, help="Batch size (default 1024)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     seed: int = typer.Option(0, help="Training seed."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores)."),
+    task: Optional[str] = typer.Option(None, help=_TASK_HELP),
+    threads: Optional[int] = typer.Option(None, help=_THREADS_HELP),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train (or resume) the inverse dynamics model; keeps the best validation checkpoint."""
+    from dawm_env.runtime import cli_threads
     from dawm_env.training.idm import IDMTrainConfig, train_idm
-    from dawm_env.world_model.bundle import assemble_bundle
+    from dawm_env.world_model.assemble import assemble_bundle
 
     try:
         sizes = _parse_sizes(hidden, "--hidden") if hidden else None
         path = train_idm(IDMTrainConfig(dataset=dataset, out=out, steps=steps, hidden=sizes, batch_size=batch_size,
-                                        device=device, seed=seed, threads=threads, progress=progress))
+                                        device=device, seed=seed, task=task, threads=cli_threads(threads),
+                                        progress=progress))
         if assemble_bundle(path) is not None:
             typer.echo(f"bundle ready: {path}")
     except _EXPECTED as err:
@@ -234,19 +278,24 @@ def train_agent_cmd(
     eval_every: int = typer.Option(5000, help="Evaluate in the real env every this many steps."),
     eval_episodes: int = typer.Option(10, help="Real episodes per evaluation and seed."),
     out: str = typer.Option(..., help="Run folder (rerun the same command to resume)."),
+    task: Optional[str] = typer.Option(None, help=_TASK_HELP),
+    level: Optional[str] = typer.Option(
+        None, help="D4RL level of --dataset, for CORL's per-level IQL settings (default: from the dataset's name)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores)."),
+    threads: Optional[int] = typer.Option(None, help=_THREADS_HELP),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train an offline agent (several seeds at once) and evaluate it in the real MuJoCo env."""
     from dawm_env.agents.train import TrainAgentConfig, train_agent
+    from dawm_env.runtime import cli_threads
 
     try:
         path = train_agent(TrainAgentConfig(
             algo=algo, dataset=dataset, out=out, synthetic=synthetic, real_fraction=real_fraction, steps=steps,
             seeds=seeds, seed=seed, eval_every=eval_every, eval_episodes=eval_episodes, bundle=bundle,
             ssorl_fraction=ssorl_fraction, mve_horizon=mve_horizon, online=online, online_pool=online_pool,
-            online_refresh_every=online_refresh_every, device=device, threads=threads, progress=progress))
+            online_refresh_every=online_refresh_every, task=task, level=level, device=device,
+            threads=cli_threads(threads), progress=progress))
     except _EXPECTED as err:
         _fail(err)
     typer.echo(str(path))
@@ -281,16 +330,17 @@ def demo_cmd(
     eval_episodes: int = typer.Option(5, help="Real episodes per seed per evaluation."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     seed: int = typer.Option(0, help="Generation seed and first agent seed."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores)."),
+    threads: Optional[int] = typer.Option(None, help=_THREADS_HELP),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Offline, from the shipped bundle alone: generate DAWM data, train TD3+BC on it, score it in real Hopper-v5."""
     from dawm_env.experiments.demo import DemoConfig, run_demo
+    from dawm_env.runtime import cli_threads
 
     try:
         run_demo(DemoConfig(out=out, bundle=bundle, pairs=pairs, repeats=repeats, horizon=horizon, steps=steps,
                             seeds=seeds, eval_every=eval_every, eval_episodes=eval_episodes, device=device, seed=seed,
-                            threads=threads, progress=progress), echo=typer.echo)
+                            threads=cli_threads(threads), progress=progress), echo=typer.echo)
     except _EXPECTED as err:
         _fail(err)
 
@@ -324,11 +374,14 @@ def experiment_cmd(
     eval_every: Optional[int] = typer.Option(None, help="Evaluation period in steps (default: the preset's)."),
     eval_episodes: Optional[int] = typer.Option(None, help="Real episodes per seed per evaluation."),
     out: Optional[str] = typer.Option(None, help="Output root (default $DAWM_HOME/experiments/PRESET)."),
-    dataset: Optional[list[str]] = typer.Option(None, help="TASK/LEVEL=SOURCE: use this real dataset (repeatable)."),
+    dataset: Optional[list[str]] = typer.Option(
+        None, help="TASK/LEVEL=SOURCE: the real data of that task and level, a Minari id or a D4RL hdf5 / npz file "
+                   "(repeatable)."),
     bundle: Optional[list[str]] = typer.Option(None, help="TASK/LEVEL=BUNDLE: use this bundle (repeatable)."),
     max_cells: Optional[int] = typer.Option(None, help="Run at most this many unfinished cells, then stop."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: the preset's / all cores)."),
+    threads: Optional[int] = typer.Option(
+        None, help="torch CPU threads (default: $DAWM_THREADS, else the preset's, else torch's default)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run (or resume) one of the paper's experiments; writes results.json, table.md and plots."""
@@ -336,11 +389,12 @@ def experiment_cmd(
 
     from dawm_env.experiments.presets import get_preset
     from dawm_env.experiments.runner import ExperimentConfig, run_experiment
+    from dawm_env.runtime import cli_threads
 
     try:
         overrides = {k: v for k, v in dict(tasks=_split_list(tasks), levels=_split_list(levels), seeds=seeds,
                                            agent_steps=steps, eval_every=eval_every, eval_episodes=eval_episodes,
-                                           threads=threads).items() if v is not None}
+                                           threads=cli_threads(threads)).items() if v is not None}
         cfg = ExperimentConfig(name=name, preset=replace(get_preset(preset), **overrides), out=out,
                                datasets=_parse_overrides(dataset, "dataset"),
                                bundles=_parse_overrides(bundle, "bundle"),
@@ -380,8 +434,41 @@ def bundle_info(name: str = typer.Argument(..., help="Bundle name or folder.")) 
         _fail(err)
     meta = dict(bundle.meta)
     meta.pop("norm_stats", None)
+    if bundle.pessimism is not None:
+        meta["pessimism"] = bundle.pessimism.to_dict()
     typer.echo(f"bundle: {bundle.path}")
     typer.echo(json.dumps(meta, indent=2))
+
+
+@bundle_app.command("calibrate")
+def bundle_calibrate(
+    name: str = typer.Argument(..., help="Bundle name or folder (must be writable)."),
+    dataset: Optional[str] = typer.Option(None, help="Real data of the bundle's task (default: its training data, "
+                                                     "held-out episodes only)."),
+    transitions: int = typer.Option(20_000, help="Real transitions to measure."),
+    seed: int = typer.Option(0, help="Which transitions, and the sampling noise."),
+) -> None:
+    """Measure the dream's uncertainty on real transitions; write the pessimism defaults (pessimism.json)."""
+    from dawm_env.data.loading import load_dataset
+    from dawm_env.paths import check_writable_dir
+    from dawm_env.world_model.assemble import write_calibration
+    from dawm_env.world_model.bundle import Bundle
+
+    try:
+        if transitions < 1:
+            raise ValueError(f"--transitions must be >= 1, got {transitions}")
+        bundle = Bundle.load(name)
+        check_writable_dir(bundle.path, "bundle folder")
+        data = load_dataset(dataset or bundle.meta["dataset"], task=bundle.task.name)
+        path = write_calibration(bundle, data, transitions=transitions, seed=seed)
+    except _EXPECTED as err:
+        _fail(err)
+    cal = Bundle.load(name).pessimism
+    for signal, c in cal.signals.items():
+        typer.echo(f"{signal:>13}: real p50 {c.percentiles['p50']:.4f}  p99 {c.percentiles['p99']:.4f}  "
+                   f"rank corr. with error {c.error_correlation:.3f}  -> penalty_coef {c.penalty_coef:.3f}, "
+                   f"halt_threshold {c.halt_threshold:.4f}")
+    typer.echo(str(path))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,12 +9,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 #: The behaviour policies shipped inside the package (actor weights as safetensors + JSON).
 SHIPPED_POLICIES_DIR = Path(__file__).resolve().parent / "policies"
@@ -137,3 +141,135 @@ def minari_root_at(root: Path) -> Iterator[None]:
             os.environ.pop("MINARI_DATASETS_PATH", None)
         else:
             os.environ["MINARI_DATASETS_PATH"] = old
+
+
+class LockHeldError(OSError):
+    """Another process holds the lock :func:`exclusive_lock` was asked for (the message says who and what to do)."""
+
+
+#: Lock files this process holds -> nested re-acquisitions: a nested request for a lock the process already
+#: holds (a dataset writer inside ``dawm generate``, which locked the id first) succeeds at once.
+_HELD: dict[str, int] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def _lock_holders(path: Path) -> str:
+    """``pid N`` of the live processes recorded in the lock file ``path`` (best effort, for the message)."""
+    pids = []
+    with contextlib.suppress(OSError, ValueError):
+        for word in path.read_text().split():
+            pid = int(word)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, 0)  # signal 0: only asks whether the process exists
+                pids.append(str(pid))
+    return f"pid {', '.join(dict.fromkeys(pids))}" if pids else "another process"
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str, *, shared: bool = False, wait: bool = False,
+                   hint: str = "wait for it to finish or use another --id",
+                   prune_to: Optional[Path] = None) -> Iterator[Path]:
+    """Hold an advisory ``flock`` on the file ``path`` for the duration of the block.
+
+    The OS drops the lock when the holder dies, even by ``kill -9``, so a crashed run never leaves a stale lock.
+    The file records the holders' pids (for the message). A process that already holds ``path`` (in either
+    mode) gets it again at once: the outer holder owns it.
+
+    Args:
+        path: the lock file (created with its folders when missing).
+        what: what the lock guards, for the message (``dataset X``).
+        shared: take a shared lock: any number of shared holders at once, but none beside an exclusive one
+            (the shards of one ``dawm generate`` run).
+        wait: block until the lock is free instead of failing.
+        hint: how to fix a conflict, appended to the message.
+        prune_to: the last holder to let go removes the lock file and the folders this leaves empty, up to and
+            including ``prune_to`` (a folder above ``path``); None keeps the file.
+
+    Yields:
+        ``path`` as a :class:`Path`.
+
+    Raises:
+        LockHeldError: (an OSError) the lock is held by another process and ``wait`` is False; one line naming
+            ``what``, the lock file, the holder's pid and ``hint``.
+    """
+    path = Path(path).expanduser()
+    key = os.path.abspath(path)
+    with _HELD_GUARD:
+        nested = key in _HELD
+        _HELD[key] = _HELD.get(key, 0) + 1 if nested else 0
+    if nested:
+        try:
+            yield path
+        finally:
+            with _HELD_GUARD:
+                _HELD[key] -= 1
+        return
+    try:
+        fd = _acquire(path, what, shared, wait, hint)
+    except BaseException:
+        with _HELD_GUARD:
+            _HELD.pop(key, None)
+        raise
+    try:
+        yield path
+    finally:
+        with _HELD_GUARD:
+            _HELD.pop(key, None)
+        if prune_to is not None and _sole_holder(fd, shared):
+            # removed while still locked: a process that opened the old file finds it unlinked and retries
+            with contextlib.suppress(OSError):
+                path.unlink()
+                top = Path(os.path.abspath(prune_to))
+                folder = path.parent
+                while folder != top.parent and top in (folder, *folder.parents):
+                    folder.rmdir()  # stops (OSError) at the first folder that is not empty
+                    folder = folder.parent
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _sole_holder(fd: int, shared: bool) -> bool:
+    """Whether this process alone holds the lock on ``fd``: always for an exclusive lock; a shared holder asks
+    for an exclusive lock without waiting (if another holder got in meanwhile, the file is simply kept)."""
+    if not shared:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _acquire(path: Path, what: str, shared: bool, wait: bool, hint: str) -> int:
+    """Open and ``flock`` ``path``; retried when a releasing holder removed the file between open and flock."""
+    mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # its folder was removed by a releasing holder just now
+            continue
+        try:
+            fcntl.flock(fd, mode)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise LockHeldError(f"another dawm run is writing {what} (lock {path} held by {_lock_holders(path)}); "
+                                f"{hint}") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # we locked a file its last holder had just removed: lock the new one instead
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            time.sleep(0.01)
+            continue
+        record = f"{os.getpid()}\n".encode()
+        if shared:
+            os.lseek(fd, 0, os.SEEK_END)
+        else:
+            os.ftruncate(fd, 0)
+        os.write(fd, record)
+        return fd

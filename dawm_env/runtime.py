@@ -28,6 +28,37 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+#: Environment variable giving the torch CPU thread count of every ``dawm`` command that has no ``--threads``.
+THREADS_ENV = "DAWM_THREADS"
+
+
+def cli_threads(threads: int | None) -> int | None:
+    """The thread count a command runs with: ``--threads``, else ``$DAWM_THREADS``, else None (torch's default).
+
+    Why not a fixed cap such as ``min(4, cores)``: the best count depends on what else runs, which only the
+    user knows (every core on an idle machine, one on a busy one), so the user says it once, for every command
+    and experiment stage, with the variable. Why not a count derived from the current load: it would change
+    from run to run, and with it the order of CPU float reductions, so that a resumed run could differ from
+    the uninterrupted one. Only commands call this: in the Python API ``threads=None`` leaves the process's
+    setting (the caller's own ``torch.set_num_threads``) alone.
+
+    Raises:
+        ValueError: ``$DAWM_THREADS`` that is not an integer >= 1 (``--threads`` is checked by :func:`setup_torch`).
+    """
+    if threads is not None:
+        return threads
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{THREADS_ENV}={text!r} is not a thread count; set it to an integer >= 1 or unset it")
+    return value
+
+
 def setup_torch(device: str, threads: int | None) -> torch.device:
     """Pick the device and, on CPU, the number of intra-op threads.
 

@@ -13,7 +13,7 @@ DWM appendix (hopper 400, walker2d 550, halfcheetah 1200), health checks from Gy
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import numpy as np
 
@@ -79,6 +79,9 @@ class TaskSpec:
         max_episode_steps: the real env's time limit.
         gen_rtg_range: DWM's swept generation targets (normalised return-to-go) for m / mr data.
         healthy_fn: batched health check on observations ``(..., obs_dim) -> (...)`` bool.
+        qpos_dim: MuJoCo ``nq``; the observation is ``(qpos[1:], qvel)`` (the root x position excluded).
+        velocity_clip: the real env clips ``qvel`` to ``+-velocity_clip`` in the observation (hopper, walker2d:
+            10; None = no clipping), so an observation at the clip does not determine the MuJoCo state.
     """
 
     name: str
@@ -91,6 +94,8 @@ class TaskSpec:
     max_episode_steps: int
     gen_rtg_range: tuple[float, ...]
     healthy_fn: Callable[[ArrayLike], ArrayLike]
+    qpos_dim: int
+    velocity_clip: Optional[float]
 
     @property
     def can_terminate(self) -> bool:
@@ -113,6 +118,23 @@ class TaskSpec:
             )
         return ~self.healthy_fn(obs)
 
+    def split_observation(self, obs: np.ndarray, x: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """An observation ``(obs_dim,)`` as MuJoCo state: ``qpos (nq,)`` (root x = ``x`` prepended), ``qvel (nv,)``.
+
+        Exact unless a velocity sits at the observation's clip (:meth:`determines_state`).
+        """
+        obs = np.asarray(obs, dtype=np.float64)
+        if obs.shape != (self.obs_dim,):
+            raise ValueError(f"{self.name} observations have shape ({self.obs_dim},), got {obs.shape}")
+        return np.concatenate(([x], obs[: self.qpos_dim - 1])), obs[self.qpos_dim - 1:].copy()
+
+    def determines_state(self, obs: np.ndarray) -> np.ndarray:
+        """``(...)`` bool: the observations ``(..., obs_dim)`` fix the MuJoCo state (no velocity at the clip)."""
+        obs = np.asarray(obs)
+        if self.velocity_clip is None:
+            return np.ones(obs.shape[:-1], dtype=bool)
+        return np.abs(obs[..., self.qpos_dim - 1:]).max(-1) < self.velocity_clip - 1e-6
+
     def normalized_score(self, episode_return: ArrayLike) -> ArrayLike:
         """D4RL normalised score x100: 0 = random, 100 = expert."""
         return 100.0 * (episode_return - self.ref_min_score) / (self.ref_max_score - self.ref_min_score)
@@ -122,17 +144,20 @@ TASKS: dict[str, TaskSpec] = {
     "hopper": TaskSpec(
         name="hopper", env_id="Hopper-v5", obs_dim=11, act_dim=3,
         ref_min_score=-20.272305, ref_max_score=3234.3, rtg_scale=400.0, max_episode_steps=1000,
-        gen_rtg_range=(0.6, 0.7, 0.8), healthy_fn=_hopper_healthy,
+        gen_rtg_range=(0.6, 0.7, 0.8), healthy_fn=_hopper_healthy, qpos_dim=6,
+        velocity_clip=10.0,
     ),
     "walker2d": TaskSpec(
         name="walker2d", env_id="Walker2d-v5", obs_dim=17, act_dim=6,
         ref_min_score=1.629008, ref_max_score=4592.3, rtg_scale=550.0, max_episode_steps=1000,
-        gen_rtg_range=(0.6, 0.7, 0.8), healthy_fn=_walker2d_healthy,
+        gen_rtg_range=(0.6, 0.7, 0.8), healthy_fn=_walker2d_healthy, qpos_dim=9,
+        velocity_clip=10.0,
     ),
     "halfcheetah": TaskSpec(
         name="halfcheetah", env_id="HalfCheetah-v5", obs_dim=17, act_dim=6,
         ref_min_score=-280.178953, ref_max_score=12135.0, rtg_scale=1200.0, max_episode_steps=1000,
-        gen_rtg_range=(0.4, 0.5, 0.6), healthy_fn=_never_unhealthy,
+        gen_rtg_range=(0.4, 0.5, 0.6), healthy_fn=_never_unhealthy, qpos_dim=9,
+        velocity_clip=None,
     ),
 }
 

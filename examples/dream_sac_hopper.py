@@ -6,14 +6,21 @@ per step for all ``--num-envs`` envs). Only the final evaluation runs the real s
 score is the D4RL-normalised return (0 = random, 100 = expert reference returns of D4RL; these are
 Hopper-v5 returns, so not D4RL numbers).
 
-Dream episodes start from real states (the bundle's seed states) and are cut after ``--horizon`` steps
-(a time limit, which SB3 bootstraps through): short dreams keep the model's compounding error small.
+Dream episodes start from real states (the bundle's seed states, or every state of ``--start-states``) and
+are cut after ``--horizon`` steps (a time limit, which SB3 bootstraps through): short dreams keep the model's
+compounding error small. The dream is pessimistic by default (uncertain steps are penalised and halted, see
+``dawm_env.envs.dream``); ``--raw`` learns in the raw dream. ``--real-data`` mixes real transitions into every
+batch (``--real-fraction``). Every ``--eval-every`` steps the policy is evaluated in the real env, next to the
+return it collects in the dream (the exploitation gap).
 
-    python examples/dream_sac_hopper.py --bundle hopper-medium              # user default budget
+    # the offline model-based recipe (MOPO-style: 5-step branches from the data, half real batches)
+    python examples/dream_sac_hopper.py --start-states dawm-d4rl/hopper/medium-v0 --horizon 5 \\
+        --real-data dawm-d4rl/hopper/medium-v0 --real-fraction 0.5
+    python examples/dream_sac_hopper.py --algo tqc ...                       # sb3-contrib TQC (or crossq)
     python examples/dream_sac_hopper.py --bundle PATH --timesteps 400 --learning-starts 100 \\
         --eval-episodes 1 --num-envs 4                                       # smoke run
 
-Writes the trained policy (``--out``.zip) and a JSON summary next to it.
+Writes the trained policy (``--out``.zip) and a JSON summary (scores, evaluation history) next to it.
 """
 
 from __future__ import annotations
@@ -42,7 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-starts", type=int, default=5_000)
     p.add_argument("--rtg-target", type=float, default=None, help="return-to-go condition (default: task's)")
     p.add_argument("--guidance-weight", type=float, default=None)
-    p.add_argument("--eval-episodes", type=int, default=10, help="episodes in the real env")
+    p.add_argument("--eval-episodes", type=int, default=10, help="episodes in the real env (each evaluation)")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate in the real env every N steps (0 = at the end)")
+    p.add_argument("--raw", action="store_true", help="learn in the raw dream (no penalty, no halting)")
+    p.add_argument("--uncertainty", default=None, help="action_gap (default) or disagreement")
+    p.add_argument("--penalty-coef", type=float, default=None, help="lambda of r - lambda * u (default: calibrated)")
+    p.add_argument("--halt-threshold", type=float, default=None, help="halt when u exceeds it (default: calibrated)")
+    p.add_argument("--start-states", default=None, help="dataset whose states start the dreams (default: seeds)")
+    p.add_argument("--real-data", default=None, help="real dataset mixed into every batch")
+    p.add_argument("--real-fraction", type=float, default=0.5, help="share of each batch from --real-data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--device", default="cpu", help="device of the world model and the agent")
@@ -50,21 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluate_real(model, env_id: str, episodes: int, seed: int) -> list[float]:
-    """Undiscounted returns of ``episodes`` deterministic episodes in the real env."""
+def evaluate_real(model, env_id: str, episodes: int, seed: int, lengths: list | None = None) -> list[float]:
+    """Undiscounted returns of ``episodes`` deterministic episodes in the real env (lengths appended to ``lengths``)."""
     import gymnasium as gym
 
     env = gym.make(env_id)
     returns = []
     for ep in range(episodes):
         obs, _ = env.reset(seed=seed + ep)
-        done, ret = False, 0.0
+        done, ret, steps = False, 0.0, 0
         while not done:
             action, _ = model.predict(obs, deterministic=True)
             obs, rew, term, trunc, _ = env.step(action)
             ret += float(rew)
             done = term or trunc
+            steps += 1
         returns.append(ret)
+        if lengths is not None:
+            lengths.append(steps)
     env.close()
     return returns
 
@@ -74,16 +92,22 @@ def main() -> None:
     args = build_parser().parse_args()
     import torch
     from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import VecMonitor
 
     import dawm_env  # noqa: F401  (registers the dream ids)
-    from dawm_env.envs.sb3 import make_sb3_vec_env
+    from dawm_env.envs.sb3 import RealMixReplayBuffer, make_sb3_vec_env, real_mix_kwargs
     from dawm_env.tasks import get_task
 
     torch.set_num_threads(args.threads)
     dream_kwargs = {k: v for k, v in {"bundle": args.bundle, "rtg_target": args.rtg_target,
-                                      "guidance_weight": args.guidance_weight, "device": args.device}.items()
+                                      "guidance_weight": args.guidance_weight, "device": args.device,
+                                      "uncertainty": args.uncertainty, "penalty_coef": args.penalty_coef,
+                                      "halt_threshold": args.halt_threshold,
+                                      "start_states": args.start_states}.items()
                     if v is not None}
+    if args.raw:
+        dream_kwargs["pessimism"] = False
     venv = VecMonitor(make_sb3_vec_env(args.env_id, num_envs=args.num_envs, max_episode_steps=args.horizon,
                                        seed=args.seed, **dream_kwargs))
     task = get_task(venv.venv.dynamics.task.name)
@@ -93,12 +117,45 @@ def main() -> None:
         from sb3_contrib import TQC, CrossQ
 
         algo = {"tqc": TQC, "crossq": CrossQ}[args.algo]
+    buffer = {}
+    if args.real_data:
+        buffer = {"replay_buffer_class": RealMixReplayBuffer,
+                  "replay_buffer_kwargs": real_mix_kwargs(args.real_data, args.real_fraction, seed=args.seed)}
     model = algo("MlpPolicy", venv, batch_size=args.batch_size, learning_starts=args.learning_starts,
-                 gradient_steps=args.gradient_steps or args.num_envs, seed=args.seed, device=args.device, verbose=0)
-    print(f"{args.algo.upper()} in {args.env_id} (bundle {venv.venv.dynamics.bundle.path}): {args.timesteps} dream "
-          f"steps, {args.num_envs} envs, horizon {args.horizon}")
+                 gradient_steps=args.gradient_steps or args.num_envs, seed=args.seed, device=args.device, verbose=0,
+                 **buffer)
+    mode = "raw dream" if args.raw else "pessimistic dream"
+    print(f"{args.algo.upper()} in the {mode} {args.env_id} (bundle {venv.venv.dynamics.bundle.path}): "
+          f"{args.timesteps} dream steps, {args.num_envs} envs, horizon {args.horizon}, real data "
+          f"{args.real_data or 'none'}")
+    history: list[dict] = []
+
+    class RealEval(BaseCallback):
+        """Every ``--eval-every`` steps: real score next to the recent dream return (the exploitation gap)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.next_eval = args.eval_every
+
+        def _on_step(self) -> bool:
+            if args.eval_every and self.num_timesteps >= self.next_eval:
+                self.next_eval += args.eval_every
+                lens: list[int] = []
+                rets = evaluate_real(self.model, task.env_id, args.eval_episodes, args.seed + 10_000, lens)
+                dream = [ep["r"] for ep in self.model.ep_info_buffer]
+                row = {"step": int(self.num_timesteps), "real_score": float(task.normalized_score(np.mean(rets))),
+                       "real_episode_length": float(np.mean(lens)),
+                       "real_return_per_step": float(np.sum(rets) / max(1, sum(lens))),
+                       "dream_return_per_step": float(np.sum(dream) / max(1, sum(
+                           ep["l"] for ep in self.model.ep_info_buffer))) if dream else None}
+                history.append(row)
+                print(f"step {row['step']}: real score {row['real_score']:.1f} (length {row['real_episode_length']:.0f},"
+                      f" {row['real_return_per_step']:.2f} per step), dream return per step "
+                      f"{row['dream_return_per_step']}", flush=True)
+            return True
+
     t0 = time.perf_counter()
-    model.learn(total_timesteps=args.timesteps)
+    model.learn(total_timesteps=args.timesteps, callback=RealEval())
     learn_s = time.perf_counter() - t0
     dream_returns = [ep["r"] for ep in model.ep_info_buffer] if model.ep_info_buffer else []
     out = Path(args.out)
@@ -113,7 +170,11 @@ def main() -> None:
         "algo": args.algo, "env_id": args.env_id, "real_env": task.env_id,
         "bundle": str(venv.venv.dynamics.bundle.path), "timesteps": args.timesteps, "num_envs": args.num_envs,
         "horizon": args.horizon, "seed": args.seed, "learn_seconds": learn_s, "eval_seconds": eval_s,
+        "pessimism": not args.raw, "dream_kwargs": dream_kwargs, "real_data": args.real_data,
+        "real_fraction": args.real_fraction if args.real_data else 0.0, "history": history,
         "dream_episode_return_mean_last100": float(np.mean(dream_returns)) if dream_returns else None,
+        "dream_return_per_step_last100": (float(np.sum(dream_returns) / sum(ep["l"] for ep in model.ep_info_buffer))
+                                          if dream_returns else None),
         "real_returns": returns, "real_return_mean": float(np.mean(returns)),
         "normalized_score_mean": float(scores.mean()), "normalized_score_std": float(scores.std()),
         "note": "real Hopper-v5 returns normalised with D4RL reference returns; not a D4RL number",

@@ -55,7 +55,7 @@ def tiny_bundle(hopper_random, tmp_path_factory):
     from dawm_env.data.loading import save_npz
     from dawm_env.training.idm import IDMTrainConfig, train_idm
     from dawm_env.training.world_model import WorldModelTrainConfig, train_world_model
-    from dawm_env.world_model.bundle import assemble_bundle
+    from dawm_env.world_model.assemble import assemble_bundle
 
     root = tmp_path_factory.mktemp("tiny_bundle")
     data_path = str(root / "hopper_random.npz")
@@ -65,5 +65,5 @@ def tiny_bundle(hopper_random, tmp_path_factory):
                                             progress=False, threads=1))
     train_idm(IDMTrainConfig(dataset=data_path, out=str(out), steps=60, hidden=(32, 32), batch_size=64,
                              progress=False, threads=1))
-    assemble_bundle(out, num_seed_pairs=256, eval_windows=64)
+    assemble_bundle(out, num_seed_pairs=256, eval_windows=64, calibration_transitions=512)
     return out

@@ -226,7 +226,7 @@ def test_broken_bundles_are_named_and_listed_not_crashed():
 
 
 def test_assemble_bundle_names_a_missing_component_key(tmp_path):
-    from dawm_env.world_model.bundle import assemble_bundle
+    from dawm_env.world_model.assemble import assemble_bundle
 
     (tmp_path / "world_model.json").write_text(json.dumps({"task": "hopper"}))
     (tmp_path / "idm.json").write_text(json.dumps({"task": "hopper"}))

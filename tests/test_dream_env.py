@@ -166,19 +166,23 @@ def test_step_types_and_fresh_arrays(bundle):
     assert type(rew) is float and type(term) is bool and type(trunc) is bool
     assert not np.allclose(nxt, 123.0)
     assert nxt.dtype == np.float64 and np.isfinite(nxt).all()
-    assert set(info) == set(info2) == {"rtg_target", "start_index"}
+    assert set(info) == set(info2) == {"rtg_target", "start_index", "uncertainty", "penalty", "halted", "raw_reward"}
+    assert [type(info2[k]) for k in ("uncertainty", "penalty", "halted", "raw_reward")] == [float, float, bool, float]
+    assert (info["uncertainty"], info["penalty"], info["halted"], info["raw_reward"]) == (0.0, 0.0, False, 0.0)
+    assert set(make(bundle, pessimism=False).reset(seed=0)[1]) == {"rtg_target", "start_index"}
     nxt2, *_ = env.step(env.action_space.sample())
     assert nxt2 is not nxt
 
 
 def test_step_uses_row1_state_and_row0_reward(bundle, monkeypatch):
     """next obs = denormalised row-1 state; reward = denormalised row-0 reward; termination from the task."""
-    env = make(bundle, rtg_target=0.5, guidance_weight=2.0, sampling_steps=2, temperature=0.3)
+    env = make(bundle, rtg_target=0.5, guidance_weight=2.0, sampling_steps=2, temperature=0.3, pessimism=False)
     dyn = env.unwrapped.dynamics
     wm, stats = dyn.bundle.world_model, dyn.bundle.stats
     seen = {}
 
-    def fake_sample(state0, action0, rtg, guidance_weight=None, n_steps=None, temperature=None, generator=None):
+    def fake_sample(state0, action0, rtg, guidance_weight=None, n_steps=None, temperature=None, generator=None,
+                    timesteps=None):
         seen.update(state0=state0.clone(), action0=action0.clone(), rtg=rtg, w=guidance_weight, n=n_steps,
                     temp=temperature)
         x = torch.zeros(state0.shape[0], wm.horizon, wm.transition_dim)
@@ -202,7 +206,7 @@ def test_step_uses_row1_state_and_row0_reward(bundle, monkeypatch):
 
 
 def test_termination_from_task_function(bundle, monkeypatch):
-    env = make(bundle)
+    env = make(bundle, pessimism=False)
     stay_model(monkeypatch, env.unwrapped.dynamics, terminate={2: [0]})
     env.reset(seed=0)
     assert env.step(np.zeros(3, np.float32))[2:4] == (False, False)

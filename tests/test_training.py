@@ -19,7 +19,8 @@ from dawm_env.cli import app
 from dawm_env.data.loading import save_npz
 from dawm_env.training.idm import IDMTrainConfig, train_idm
 from dawm_env.training.world_model import WorldModelTrainConfig, train_world_model
-from dawm_env.world_model.bundle import Bundle, assemble_bundle, resolve_bundle
+from dawm_env.world_model.assemble import assemble_bundle
+from dawm_env.world_model.bundle import Bundle, resolve_bundle
 
 runner = CliRunner()
 TINY_WM = dict(preset="cpu", batch_size=16, progress=False, threads=1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from dawm_env.tasks import get_task
+
 
 @dataclass
 class ModelRunConfig:
@@ -28,8 +30,11 @@ class ModelRunConfig:
     """Seed of the held-out episode split (the same for both models of a bundle)."""
     checkpoint_every: int = 1000
     """Write a resumable checkpoint every this many steps."""
+    task: Optional[str] = None
+    """Task of ``dataset`` (hopper, walker2d, halfcheetah): needed only for a file that does not record it (a D4RL
+    hdf5, a plain qlearning npz); must agree with the data when it does."""
     threads: Optional[int] = None
-    """torch CPU threads (default: all cores, split across local processes)."""
+    """torch CPU threads (None: the process's setting; under torchrun the cores split across local processes)."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -45,3 +50,5 @@ class ModelRunConfig:
         for flag, value in (("--dataset", self.dataset), ("--out", self.out)):
             if not str(value).strip():
                 raise ValueError(f"{flag} is empty")
+        if self.task is not None:
+            self.task = get_task(self.task).name  # an unknown task fails here, naming the known ones

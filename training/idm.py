@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from dawm_env.checkpoint import TrainState, check_resumable
+from dawm_env.checkpoint import TrainState, check_resumable, recover_checkpoint
 from dawm_env.data.loading import load_dataset
 from dawm_env.data.normalization import NormStats
 from dawm_env.paths import check_writable_dir
@@ -57,9 +57,9 @@ def train_idm(cfg: IDMTrainConfig) -> Path:
     out = check_writable_dir(cfg.out, "--out")  # before loading data and training, not at the first checkpoint
     overrides = {"train_steps": cfg.steps, "hidden": cfg.hidden, "batch_size": cfg.batch_size}
     idm_cfg = IDMConfig(seed=cfg.seed, **{k: v for k, v in overrides.items() if v is not None})  # validated
-    data = load_dataset(cfg.dataset)
+    data = load_dataset(cfg.dataset, task=cfg.task)
     if not data.task:
-        raise ValueError(f"{cfg.dataset}: unknown task; dawm needs hopper, walker2d or halfcheetah data")
+        raise ValueError(f"{cfg.dataset} does not record its task; pass --task hopper, walker2d or halfcheetah")
     stats = NormStats.from_dataset(data)
     held_ep = heldout_episodes(data, cfg.heldout_fraction, cfg.split_seed)
     is_val = held_ep[data.episode_ids()]
@@ -79,7 +79,7 @@ def train_idm(cfg: IDMTrainConfig) -> Path:
     state = TrainState(modules={"model": model, "best": best}, optimizers={"optimizer": opt},
                        extra={"best_val_nll": float("inf"), "best_step": 0, "history": []})
     ckpt = out / CKPT_DIR
-    if ckpt.exists():
+    if recover_checkpoint(ckpt):  # a swap cut by a kill is finished first, not mistaken for "no checkpoint"
         check_resumable(ckpt, run_meta, arch)
         state.load(ckpt, device)
         log.info("resumed IDM from %s at step %d", ckpt, state.step)

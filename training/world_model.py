@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from dawm_env.checkpoint import TrainState, check_resumable
+from dawm_env.checkpoint import TrainState, check_resumable, recover_checkpoint
 from dawm_env.data.loading import load_dataset
 from dawm_env.paths import atomic_write_json, check_writable_dir
 from dawm_env.runtime import setup_torch, step_rngs
@@ -89,9 +89,9 @@ def train_world_model(cfg: WorldModelTrainConfig) -> Path:
     model_cfg = WorldModelConfig.preset(cfg.preset)
     overrides = {"train_steps": cfg.steps, "batch_size": cfg.batch_size}
     model_cfg = replace(model_cfg, **{k: v for k, v in overrides.items() if v is not None})  # re-validated
-    data = load_dataset(cfg.dataset)
+    data = load_dataset(cfg.dataset, task=cfg.task)
     if not data.task:
-        raise ValueError(f"{cfg.dataset}: unknown task; dawm needs hopper, walker2d or halfcheetah data")
+        raise ValueError(f"{cfg.dataset} does not record its task; pass --task hopper, walker2d or halfcheetah")
     source = WindowSource.build(data, model_cfg.horizon, model_cfg.gamma, cfg.heldout_fraction, cfg.split_seed)
     arch = {k: v for k, v in model_cfg.to_dict().items() if k != "train_steps"}  # steps may grow on resume
     run_meta = {"architecture": arch, "model_config": model_cfg.to_dict(), "task": data.task,
@@ -106,6 +106,10 @@ def train_world_model(cfg: WorldModelTrainConfig) -> Path:
     opt = torch.optim.Adam(model.parameters(), lr=model_cfg.lr)
     state = TrainState(modules={"model": model, "ema": ema.model}, optimizers={"optimizer": opt})
     ckpt = out / CKPT_DIR
+    if rank == 0:  # a swap cut by a kill is finished first (by the rank that writes checkpoints), then all read
+        recover_checkpoint(ckpt)
+    if world > 1:
+        torch.distributed.barrier()
     if ckpt.exists():
         check_resumable(ckpt, run_meta, ("architecture", "dataset_fingerprint", "seed", "world_size", "split_seed"))
         state.load(ckpt, device)

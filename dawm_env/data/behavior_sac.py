@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -43,7 +44,9 @@ from dawm_env.checkpoint import (
     optimizer_state_from_tensors,
     optimizer_state_to_tensors,
     read_meta,
+    recover_checkpoint,
     save_tensors,
+    staged_checkpoint,
 )
 from dawm_env.data.loading import load_npz, save_npz
 from dawm_env.data.policies import save_sb3_actor, sb3_policy_fn
@@ -284,25 +287,72 @@ def load_sac_state(model: Any, folder: Path) -> dict:
     return meta["run"]
 
 
+def _is_finished(run_dir: Path) -> bool:
+    return (run_dir / "run.json").is_file() and (run_dir / "replay.npz").is_file()
+
+
+def equivalent_finished_run(cfg: BehaviorSACConfig) -> Optional[Path]:
+    """A finished run made with another step cap whose result is exactly what ``cfg`` would produce, or None.
+
+    A run stops at the evaluation where its target is first reached, and nothing else it does depends on the
+    cap (constant learning rate, same seed and settings), so a run that reached its target at step ``r`` is
+    the result of every cap ``>= r``: the default run that reached its target at 300k serves a 500k-cap request
+    (and a 500k-cap run that did serves the default one). Runs that stopped at their cap are never used.
+    """
+    want = {k: v for k, v in run_identity(cfg).items() if k != "max_steps"}
+    base = behavior_run_dir(want["task"], cfg.seed)
+    if not base.parent.is_dir():
+        return None
+    own = re.compile(re.escape(base.name) + r"(-[0-9a-f]{8})?")
+    for folder in sorted(p for p in base.parent.iterdir() if own.fullmatch(p.name)):
+        if folder == run_dir_for(cfg) or not _is_finished(folder):
+            continue
+        try:
+            finished = json.loads((folder / "run.json").read_text())
+            made, reached = dict(finished["config"]), finished["reached_target_at"]
+            made["task"] = get_task(made["task"]).name
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # an unreadable or foreign record is simply not a match
+        if (isinstance(reached, int) and reached <= cfg.max_steps and finished.get("steps") == reached
+                and all(made.get(k) == v for k, v in want.items())):
+            return folder
+    return None
+
+
 def run_behavior_sac(cfg: BehaviorSACConfig, progress: bool = True) -> Path:
     """Train (or resume, or reuse) the behaviour SAC run for ``cfg.task``; returns its folder.
 
-    Safe to interrupt: rerunning resumes from the last checkpoint; a finished run is reused as is.
+    Safe to interrupt: rerunning resumes from the last checkpoint; a finished run is reused as is, and so is a
+    finished run of another step cap that reached its target within this one's (:func:`equivalent_finished_run`).
     """
-    from stable_baselines3 import SAC
-    from stable_baselines3.common.callbacks import BaseCallback
-
-
-    task = get_task(cfg.task)
-    run_dir = run_dir_for(cfg)
-    if (run_dir / "run.json").is_file() and (run_dir / "replay.npz").is_file():
+    run_dir = run_dir_for(cfg)  # checks the task name
+    if _is_finished(run_dir):
         finished = json.loads((run_dir / "run.json").read_text())
         _check_identity({k: finished.get("config", {}).get(k) for k in RUN_IDENTITY}, cfg, run_dir)
         log.info("reusing finished behaviour run %s", run_dir)
         return run_dir
+    same = equivalent_finished_run(cfg)
+    if same is not None:
+        log.info("reusing finished behaviour run %s: it reached its target within max_steps=%d", same, cfg.max_steps)
+        return same
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = _lock_run(run_dir)  # noqa: F841  (held until this function returns)
+    lock = _lock_run(run_dir)
+    threads = torch.get_num_threads()
+    try:
+        return _train_behavior_sac(cfg, run_dir, progress)
+    finally:  # the run's thread count is its own: the caller's setting comes back
+        torch.set_num_threads(threads)
+        lock.close()
+
+
+def _train_behavior_sac(cfg: BehaviorSACConfig, run_dir: Path, progress: bool) -> Path:
+    """The body of :func:`run_behavior_sac`, under its lock: resume or start, train, write the outputs."""
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    task = get_task(cfg.task)
     ckpt = run_dir / "checkpoint"
+    recover_checkpoint(ckpt)  # a swap cut by a kill is finished first, not mistaken for "no checkpoint"
     torch.set_num_threads(cfg.torch_threads)
     target = cfg.target_fraction * task.ref_max_score
 
@@ -324,18 +374,10 @@ def run_behavior_sac(cfg: BehaviorSACConfig, progress: bool = True) -> Path:
 
     def save_checkpoint() -> None:
         # written under a temporary name and swapped in: a kill mid-write keeps the previous checkpoint
-        tmp = run_dir / "checkpoint.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_sac_state(model, tmp, extra=state)
-        if recorder.episodes:
-            save_npz(_episodes_to_dataset(task.name, recorder.episodes), tmp / "episodes.npz")
-        old = run_dir / "checkpoint.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if ckpt.exists():
-            ckpt.rename(old)
-        tmp.rename(ckpt)
-        shutil.rmtree(old, ignore_errors=True)
+        with staged_checkpoint(ckpt) as tmp:
+            save_sac_state(model, tmp, extra=state)
+            if recorder.episodes:
+                save_npz(_episodes_to_dataset(task.name, recorder.episodes), tmp / "episodes.npz")
 
     class _Control(BaseCallback):
         def __init__(self) -> None:

@@ -25,12 +25,15 @@ from typing import Optional
 
 import numpy as np
 
-from dawm_env.data.behavior_sac import BehaviorSACConfig, run_behavior_sac, run_dir_for
+from dawm_env.data.behavior_sac import BehaviorSACConfig, equivalent_finished_run, run_behavior_sac, run_dir_for
 from dawm_env.data.loading import load_dataset, load_npz
 from dawm_env.data.minari_io import (
     check_dataset_output,
     dataset_exists,
+    dataset_lock,
     read_provenance,
+    remove_stale_staging,
+    restore_interrupted_overwrite,
     validate_dataset_id,
     write_minari_dataset,
 )
@@ -116,7 +119,7 @@ def _behavior_run(task: TaskSpec, cfg: BuildConfig, progress: bool) -> Path:
     max_steps = cfg.steps if cfg.level == "medium-replay" else BehaviorSACConfig.max_steps
     sac_cfg = BehaviorSACConfig(task=task.name, seed=cfg.seed, max_steps=max_steps)
     run_dir = run_dir_for(sac_cfg)
-    if not (run_dir / "run.json").is_file():
+    if not (run_dir / "run.json").is_file() and equivalent_finished_run(sac_cfg) is None:
         log.warning("no finished behaviour SAC run for %s in %s: training one now (tens of minutes on 2 CPU "
                     "cores; interrupt and rerun to resume)", task.name, run_dir)
     return run_behavior_sac(sac_cfg, progress=progress)
@@ -167,21 +170,44 @@ def collect_level(cfg: BuildConfig, progress: bool = True) -> tuple[OfflineDatas
 def build_dataset(cfg: BuildConfig, progress: bool = True) -> str:
     """Build the dataset described by ``cfg`` and write it as a local Minari dataset; returns its id.
 
-    The dataset appears only once complete: an interrupted build leaves nothing registered.
+    The dataset appears only once complete: an interrupted build leaves nothing registered. The id's lock
+    (:func:`~dawm_env.data.minari_io.dataset_lock`) is held for the whole build: a second build (or
+    ``dawm generate``) into the same id fails at once instead of racing this one.
     """
 
     task = _check(cfg)
     dataset_id = default_dataset_id(task.name, cfg.level) if cfg.dataset_id is None else cfg.dataset_id
     validate_dataset_id(dataset_id)
-    if (minari_root() / dataset_id).exists() and not cfg.overwrite:
-
-        built = read_provenance(dataset_id).get("config", {})
-        if built == {**asdict(cfg), "dataset_id": cfg.dataset_id}:
-            log.info("%s is already built with this configuration", dataset_id)
-            return dataset_id  # rerunning the same command is a no-op, not an error
-        raise FileExistsError(f"dataset {dataset_id!r} already exists with another configuration; pass --overwrite "
-                              "or another --id")
+    if _already_built(cfg, dataset_id):  # read-only: works even where the root cannot be written
+        return dataset_id
     check_dataset_output(dataset_id)  # a read-only Minari root fails before minutes of rollouts, not after
+    with dataset_lock(dataset_id, flag="--id"):
+        # under the lock no live run of this id exists: tidy what killed ones left, then look again
+        restore_interrupted_overwrite(dataset_id)
+        remove_stale_staging(dataset_id)
+        if _already_built(cfg, dataset_id):
+            return dataset_id
+        return _build_locked(cfg, task, dataset_id, progress)
+
+
+def _already_built(cfg: BuildConfig, dataset_id: str) -> bool:
+    """True when ``dataset_id`` exists with this very configuration (a rerun is a no-op).
+
+    Raises:
+        FileExistsError: it exists with another configuration and ``cfg.overwrite`` is False.
+    """
+    if not (minari_root() / dataset_id).exists() or cfg.overwrite:
+        return False
+    built = read_provenance(dataset_id).get("config", {})
+    if built == {**asdict(cfg), "dataset_id": cfg.dataset_id}:
+        log.info("%s is already built with this configuration", dataset_id)
+        return True  # rerunning the same command is a no-op, not an error
+    raise FileExistsError(f"dataset {dataset_id!r} already exists with another configuration; pass --overwrite "
+                          "or another --id")
+
+
+def _build_locked(cfg: BuildConfig, task: TaskSpec, dataset_id: str, progress: bool) -> str:
+    """Collect and write ``dataset_id`` (the caller holds its lock)."""
     start = time.perf_counter()
     data, info = collect_level(cfg, progress)
     collect_s = time.perf_counter() - start

@@ -13,14 +13,16 @@ never a terminal, and no transition ever pairs a state with the next episode's f
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from dawm_env.data.minari_io import iter_episodes_fast
+from dawm_env.data.minari_io import iter_episodes_fast, try_restore_interrupted_overwrite
 from dawm_env.data.records import OfflineDataset
 from dawm_env.paths import dawm_home, minari_root, new_temp_file
 from dawm_env.tasks import get_task, task_from_env_id
@@ -46,11 +48,18 @@ def load_dataset(source: str | os.PathLike, task: Optional[str] = None) -> Offli
         return load_d4rl_hdf5(path, task)
     if path.suffix == ".npz":
         return load_npz(path, task)
-    if path.exists() or text.startswith((".", "/", "~")):
+    if is_dataset_file(source):
         raise FileNotFoundError(
             f"{text!r} is not a dataset file dawm can read (expected .hdf5 / .h5 / .npz) or does not exist"
         )
     return load_minari(text, task)
+
+
+def is_dataset_file(source: str | os.PathLike) -> bool:
+    """Whether :func:`load_dataset` reads ``source`` as a file (or fails on it as one), not as a Minari id."""
+    text = str(source)
+    path = Path(text).expanduser()
+    return path.suffix in (".hdf5", ".h5", ".npz") or path.exists() or text.startswith((".", "/", "~"))
 
 
 # --- Minari ---------------------------------------------------------------------------------------
@@ -66,8 +75,10 @@ def load_minari(dataset_id: str, task: Optional[str] = None) -> OfflineDataset:
             f"{dataset_id!r} is neither a dataset file nor a valid Minari id "
             "(expected namespace/name-vN, e.g. dawm-d4rl/hopper/medium-v0)"
         ) from err
+    try_restore_interrupted_overwrite(dataset_id)  # an --overwrite killed mid-swap must not lose the id
     local = minari.list_local_datasets()
     if dataset_id not in local:
+        prune_flat_caches(dataset_id)  # e.g. after `minari delete`: its cache would only take disk space
         raise FileNotFoundError(
             f"Minari dataset {dataset_id!r} is not on disk (root: {_minari_root_text()}).\n"
             f"  - with network access: minari download {dataset_id}\n"
@@ -77,12 +88,21 @@ def load_minari(dataset_id: str, task: Optional[str] = None) -> OfflineDataset:
     ds = minari.load_dataset(dataset_id)
     meta = dict(ds.storage.metadata)
     env_spec = ds.spec.env_spec
-    task_name = task or (task_from_env_id(env_spec.id).name if env_spec is not None else "")
-    cache = _flat_cache_path(dataset_id, Path(ds.storage.data_path), ds.total_episodes)
+    recorded = ""
+    if env_spec is not None:
+        try:
+            recorded = task_from_env_id(env_spec.id).name
+        except ValueError:  # another env's data: usable only with an explicit task (checked by dimensions)
+            if not task:
+                raise
+    task_name = task or recorded
+    h5 = Path(ds.storage.data_path) / "main_data.hdf5"
+    cache = _flat_cache_path(dataset_id, h5.parent, ds.total_episodes)
+    prune_flat_caches(dataset_id, source=h5, keep=cache)  # copies of earlier versions of this dataset
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
             data = OfflineDataset(task_name, *(z[k] for k in _FLAT_FIELDS), source=dataset_id, metadata=meta)
-        _check_task(data, task_name, dataset_id)
+        _check_task(data, task_name, dataset_id, recorded)
         return data
 
     obs, act, rew, term, trunc = [], [], [], [], []
@@ -98,9 +118,9 @@ def load_minari(dataset_id: str, task: Optional[str] = None) -> OfflineDataset:
         trunc.append(ep["truncations"])
     data = OfflineDataset.from_episodes(task_name, obs, act, rew, term, trunc, seeds=seeds,
                                         source=dataset_id, metadata=meta)
-    _check_task(data, task_name, dataset_id)
+    _check_task(data, task_name, dataset_id, recorded)
     if cache is not None:
-        _write_flat_cache(cache, data)
+        _write_flat_cache(cache, data, source=h5)
     return data
 
 
@@ -128,16 +148,63 @@ def _flat_cache_path(dataset_id: str, data_path: Path, episodes: int) -> Optiona
     return dawm_home() / "cache" / "minari" / f"{dataset_id.replace('/', '__')}-{key}.npz"
 
 
-def _write_flat_cache(path: Path, data: OfflineDataset) -> None:
-    """Write the cache atomically (a kill never leaves a half file that a later load would trust)."""
+def _write_flat_cache(path: Path, data: OfflineDataset, source: Optional[Path] = None) -> None:
+    """Write the cache atomically (a kill never leaves a half file that a later load would trust).
+
+    ``source`` (the dataset's HDF5 file) is recorded so :func:`prune_flat_caches` can tell when it is gone.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = new_temp_file(path, ".npz.tmp")
+    extra = {} if source is None else {"_source": np.array(str(source))}
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: getattr(data, k) for k in _FLAT_FIELDS})
+            np.savez(f, **{k: getattr(data, k) for k in _FLAT_FIELDS}, **extra)
         os.replace(tmp, path)
     except OSError:  # a read-only or full disk only costs the speed-up
         Path(tmp).unlink(missing_ok=True)
+
+
+#: A flat cache file name: ``<dataset id, / as __>-<16 hex key>.npz``.
+_CACHE_NAME = re.compile(r"(?P<stem>.+)-[0-9a-f]{16}\.npz")
+
+
+def _cache_source(path: Path) -> Optional[str]:
+    """The dataset file a flat cache was made from (None: written by an older dawm, or unreadable)."""
+    try:
+        with np.load(path) as z:
+            return str(z["_source"]) if "_source" in z.files else None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def prune_flat_caches(dataset_id: Optional[str] = None, source: Optional[Path] = None,
+                      keep: Optional[Path] = None) -> None:
+    """Remove flat caches that can no longer serve a load, so each dataset keeps at most one.
+
+    Removed: a cache whose source dataset file is gone (``minari delete`` removes the folder); with
+    ``dataset_id``, also its other copies made from the same file ``source`` (earlier versions of a rewritten
+    dataset) or that recorded no source (older dawm). Caches of a same-named dataset under another Minari root
+    are kept: they record their own source. ``keep`` is never removed.
+
+    Args:
+        dataset_id: limit the scan to this id's caches (None: all caches, source check only).
+        source: the id's current ``main_data.hdf5``.
+        keep: the cache file the current version of the dataset uses.
+    """
+    folder = dawm_home() / "cache" / "minari"
+    if not folder.is_dir():
+        return
+    stem = dataset_id.replace("/", "__") if dataset_id is not None else None
+    for f in folder.iterdir():
+        m = _CACHE_NAME.fullmatch(f.name)
+        if not m or f == keep or (stem is not None and m.group("stem") != stem):
+            continue
+        recorded = _cache_source(f)
+        gone = recorded is not None and not Path(recorded).is_file()
+        older = stem is not None and (recorded is None or (source is not None and Path(recorded).resolve() == source.resolve()))
+        if gone or older:
+            with contextlib.suppress(OSError):  # a read-only cache folder only costs disk space
+                f.unlink()
 
 
 def _minari_root_text() -> str:
@@ -270,16 +337,18 @@ def _from_flat(a: dict, task: Optional[str], source: str, has_timeouts: bool) ->
     term, trunc = term[idx], trunc[idx]
     trunc[last] |= ~term[last]
     seeds = np.asarray(a["seeds"], np.int64) if "seeds" in a else np.full(len(offsets) - 1, -1, np.int64)
-    task_name = task or (str(a["task"]) if "task" in a else "")
+    recorded = str(a["task"]) if "task" in a else ""
+    task_name = task or recorded
     data = OfflineDataset(
         task=task_name, observations=obs[idx], actions=act[idx], rewards=rew[idx], next_observations=nxt[idx],
         terminations=term, truncations=trunc, episode_offsets=offsets, seeds=seeds, source=source,
     )
-    _check_task(data, task_name, source)
+    _check_task(data, task_name, source, recorded)
     return data
 
 
-def _check_task(data: OfflineDataset, task_name: str, source: str) -> None:
+def _check_task(data: OfflineDataset, task_name: str, source: str, recorded: str = "") -> None:
+    """Refuse a task whose dimensions the data does not have, or that differs from the one the data records."""
     if not task_name:
         return
     spec = get_task(task_name)
@@ -288,3 +357,6 @@ def _check_task(data: OfflineDataset, task_name: str, source: str) -> None:
             f"{source}: data has obs_dim {data.obs_dim} / act_dim {data.act_dim}, but task {spec.name} needs "
             f"{spec.obs_dim} / {spec.act_dim}; pass the right --task"
         )
+    if recorded and get_task(recorded).name != spec.name:  # walker2d and halfcheetah share their dimensions
+        raise ValueError(f"{source} records task {get_task(recorded).name}, not {spec.name}; omit --task or pass "
+                         f"--task {get_task(recorded).name}")

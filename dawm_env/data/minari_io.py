@@ -21,18 +21,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 import uuid
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Any, ContextManager, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
 from dawm_env.data.records import OfflineDataset
-from dawm_env.paths import check_writable_dir, minari_root, minari_root_at
-from dawm_env.tasks import TaskSpec, get_task
+from dawm_env.paths import check_writable_dir, exclusive_lock, minari_root, minari_root_at
+from dawm_env.tasks import TaskSpec, get_task, task_from_env_id
+
+log = logging.getLogger(__name__)
 
 #: Metadata key under which dawm stores its own provenance record (a JSON string).
 DAWM_METADATA_KEY = "dawm"
@@ -94,6 +99,108 @@ def staging_parent() -> Path:
     leaves nothing that ``minari list local`` would trip over."""
     root = minari_root()
     return root.parent / f".{root.name}-dawm-staging"
+
+
+# --- one writer per dataset id, and what interrupted writers leave behind ------------------------------
+def dataset_lock(dataset_id: str, *, shared: bool = False, flag: Optional[str] = None) -> ContextManager[Path]:
+    """The lock every dawm writer of ``dataset_id`` holds for its whole run: one writer per output id.
+
+    An advisory ``flock`` on ``<Minari root>/.locks/<dataset id>.lock`` (hidden: Minari skips it), dropped by
+    the OS when the holder dies. Nested requests in the process that holds it succeed at once, so a
+    :class:`MinariStreamWriter` inside ``dawm data build`` / ``dawm generate`` needs no lock of its own.
+
+    Args:
+        dataset_id: the output id.
+        shared: a shared lock, held by each shard of one ``dawm generate`` run (they write one dataset together).
+        flag: the option that names the id, for the message (``--id``, ``--out``).
+
+    Raises:
+        paths.LockHeldError: (an OSError, one line) another process holds it.
+    """
+    root = minari_root() / ".locks"
+    return exclusive_lock(root / f"{dataset_id}.lock", f"dataset {dataset_id}", shared=shared, prune_to=root,
+                          hint=f"wait for it to finish or choose another {flag or 'dataset id'}")
+
+
+def _old_copies(final: Path) -> list[Path]:
+    """Hidden ``.NAME.old-*`` copies an ``--overwrite`` set aside for ``final``, oldest first."""
+    if not final.parent.is_dir():
+        return []
+    olds = [p for p in final.parent.glob(f".{final.name}.old-*") if p.is_dir()]
+    return sorted(olds, key=lambda p: p.stat().st_mtime_ns)
+
+
+def restore_interrupted_overwrite(dataset_id: str) -> bool:
+    """Undo what an ``--overwrite`` killed in its final swap left: never a missing id.
+
+    The swap renames the old dataset to a hidden ``.NAME.old-*`` beside it, moves the new one in, then removes
+    the old. Killed between the two renames, the id is missing: the old copy is moved back. Killed after them,
+    both exist: the old copy is removed. Takes the id's lock (at once: a live writer's swap is left alone).
+
+    Returns:
+        Whether the id was restored from its old copy.
+
+    Raises:
+        paths.LockHeldError: a live writer holds the id (only when there is something to tidy).
+    """
+    final = minari_root() / dataset_id
+    if not _old_copies(final):  # the usual case: nothing to do, no lock file created
+        return False
+    restored = False
+    with dataset_lock(dataset_id):
+        olds = _old_copies(final)
+        if olds and not (final / "data").is_dir():
+            newest = olds.pop()
+            if final.exists():  # an empty or half-made folder: the old copy is the complete one
+                shutil.rmtree(final)
+            newest.rename(final)
+            restored = True
+            log.warning("restored %s from %s: an earlier --overwrite was interrupted before the new dataset was "
+                        "in place", dataset_id, newest.name)
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)
+    return restored
+
+
+def try_restore_interrupted_overwrite(dataset_id: str) -> None:
+    """:func:`restore_interrupted_overwrite` for readers: skipped while a writer holds the id or the root is
+    read-only (then the id is simply reported as it is)."""
+    with contextlib.suppress(OSError):  # LockHeldError included
+        restore_interrupted_overwrite(dataset_id)
+
+
+def restore_all_interrupted_overwrites() -> None:
+    """:func:`try_restore_interrupted_overwrite` for every ``.NAME.old-*`` under the Minari root (for listings)."""
+    root = minari_root()
+    pattern = re.compile(r"\.(?P<name>.+)\.old-[0-9a-f]{32}")
+    found = set()
+    for folder, dirs, _ in os.walk(root):
+        here = Path(folder)
+        if (here / "data").is_dir():  # a dataset: nothing of interest inside
+            dirs[:] = []
+            continue
+        for d in list(dirs):
+            m = pattern.fullmatch(d)
+            if m:
+                found.add((here / m.group("name")).relative_to(root).as_posix())
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    for dataset_id in sorted(found):
+        try_restore_interrupted_overwrite(dataset_id)
+
+
+def remove_stale_staging(dataset_id: str) -> None:
+    """Remove the staging folders earlier, killed :class:`MinariStreamWriter` runs of ``dataset_id`` left.
+
+    Call it only under the id's lock (:func:`dataset_lock`): then no live writer of this id can own one.
+    A writer's staging folder is ``<staging parent>/<32 hex>/`` holding ``<dataset_id>/``.
+    """
+    parent = staging_parent()
+    if not parent.is_dir():
+        return
+    for folder in parent.iterdir():
+        if re.fullmatch(r"[0-9a-f]{32}", folder.name) and (folder / dataset_id).is_dir():
+            log.info("removing the staging folder %s of an interrupted write of %s", folder, dataset_id)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- fast episode-group writing -------------------------------------------------------------------
@@ -325,14 +432,22 @@ class MinariStreamWriter:
             at :meth:`finalize`).
         overwrite: replace an existing dataset with this id (the old one is removed only after the new
             one is complete).
+        minari_kwargs: arguments of ``minari.create_dataset_from_buffers`` replacing dawm's (``env``,
+            ``eval_env``, ``ref_min_score``, ``ref_max_score``, ``observation_space``, ``action_space``), e.g. to
+            keep those of combined datasets.
+
+    The writer holds the id's lock (:func:`dataset_lock`) from construction to :meth:`finalize` / :meth:`abort`,
+    and first tidies what killed writers of this id left (:func:`restore_interrupted_overwrite`,
+    :func:`remove_stale_staging`).
 
     Raises:
         ValueError: invalid id, or a Minari root that cannot be written. FileExistsError: the id exists and
-        ``overwrite`` is False.
+        ``overwrite`` is False. paths.LockHeldError: another process is writing this id.
     """
 
     def __init__(self, dataset_id: str, task: str | TaskSpec, *, algorithm_name: str, description: str,
-                 provenance: Optional[dict] = None, overwrite: bool = False) -> None:
+                 provenance: Optional[dict] = None, overwrite: bool = False,
+                 minari_kwargs: Optional[Mapping[str, Any]] = None) -> None:
         import minari
 
         check_dataset_output(dataset_id)
@@ -343,23 +458,30 @@ class MinariStreamWriter:
         self.num_episodes = 0
         self.num_steps = 0
         self._final = minari_root() / dataset_id
-        if self._final.exists() and not overwrite:
-            raise FileExistsError(
-                f"Minari dataset {dataset_id!r} already exists at {self._final}; choose another id or remove it "
-                f"(minari delete {dataset_id})"
-            )
         self._staging_parent = staging_parent()
         self._staging = self._staging_parent / uuid.uuid4().hex
         self._fid = None
         self._done = False
+        self._lock = contextlib.ExitStack()
         try:
+            self._lock.enter_context(dataset_lock(dataset_id))
+            restore_interrupted_overwrite(dataset_id)
+            remove_stale_staging(dataset_id)
+            if self._final.exists() and not overwrite:
+                raise FileExistsError(
+                    f"Minari dataset {dataset_id!r} already exists at {self._final}; choose another id or remove "
+                    f"it (minari delete {dataset_id})"
+                )
+            kwargs: dict[str, Any] = dict(
+                env=self.task.env_id, eval_env=self.task.env_id, ref_min_score=self.task.ref_min_score,
+                ref_max_score=self.task.ref_max_score)
+            kwargs.update(minari_kwargs or {})
             with minari_root_at(self._staging), warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "code_permalink is None" and friends
                 ds = minari.create_dataset_from_buffers(
-                    dataset_id=dataset_id, buffer=[], env=self.task.env_id, eval_env=self.task.env_id,
-                    algorithm_name=algorithm_name, author="dawm", code_permalink=None,
-                    ref_min_score=self.task.ref_min_score, ref_max_score=self.task.ref_max_score,
-                    description=description, requirements=["mujoco>=3", "gymnasium>=1"],
+                    dataset_id=dataset_id, buffer=[], algorithm_name=algorithm_name, author="dawm",
+                    code_permalink=None, description=description, requirements=["mujoco>=3", "gymnasium>=1"],
+                    **kwargs,
                 )
             self._storage = ds.storage
             self._fid = _open_hdf5(Path(ds.storage.data_path) / "main_data.hdf5", writable=True)
@@ -403,12 +525,45 @@ class MinariStreamWriter:
         self.num_episodes += n_eps
         self.num_steps += n_steps
 
+    def append_dataset(self, dataset_id: str) -> None:
+        """Copy every episode of the local Minari dataset ``dataset_id``, renumbered after the current ones.
+
+        HDF5 datasets are copied group by group (no decoding; per-step infos and seeds kept); other storage
+        formats are read through Minari and re-written (their infos are not kept).
+        """
+        import h5py
+        import minari
+
+        self._check_open()
+        ds = minari.load_dataset(dataset_id)
+        path = Path(ds.storage.data_path) / "main_data.hdf5"
+        if ds.storage.metadata.get("data_format") != "hdf5" or not path.is_file():
+            eps = list(iter_episodes_fast(dataset_id, with_infos=False))
+            self.append(OfflineDataset.from_episodes(
+                self.task.name, *([ep[k] for ep in eps] for k in ("observations", "actions", "rewards",
+                                                                  "terminations", "truncations")),
+                seeds=[ep["seed"] for ep in eps], source=dataset_id))
+            return
+        src = _open_hdf5(path)
+        try:
+            for j in range(ds.total_episodes):
+                k = self.num_episodes + j
+                name = f"episode_{k}".encode()
+                h5py.h5o.copy(src, f"episode_{j}".encode(), self._fid, name)
+                gid = h5py.h5g.open(self._fid, name)
+                h5py.h5a.open(gid, b"id").write(np.array(k, dtype=np.int64))
+        finally:
+            src.close()
+        self.num_episodes += int(ds.total_episodes)
+        self.num_steps += int(ds.total_steps)
+
     # --- finishing ----------------------------------------------------------------------------
-    def finalize(self, provenance: Optional[dict] = None) -> str:
+    def finalize(self, provenance: Optional[dict] = None, extra_metadata: Optional[Mapping[str, Any]] = None) -> str:
         """Record totals and provenance, then move the dataset into the Minari root atomically.
 
         Args:
             provenance: replaces the constructor's provenance record when given.
+            extra_metadata: more Minari metadata keys to store (e.g. ``combined_datasets``).
 
         Returns:
             The dataset id.
@@ -427,6 +582,7 @@ class MinariStreamWriter:
                 "total_episodes": int(self.num_episodes), "total_steps": int(self.num_steps),
                 "dataset_size": self._storage.get_size(),
                 DAWM_METADATA_KEY: json.dumps(self.provenance, sort_keys=True, default=str),
+                **(extra_metadata or {}),
             })
             namespace = self.dataset_id.rsplit("/", 1)[0] if "/" in self.dataset_id else None
             if namespace:
@@ -439,9 +595,16 @@ class MinariStreamWriter:
             final.parent.mkdir(parents=True, exist_ok=True)
             old = None
             if final.exists():
+                # set aside, not deleted: a kill before the move below leaves it for
+                # restore_interrupted_overwrite to put back at the next start or load
                 old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex}")
                 final.rename(old)
-            shutil.move(str(self._staging / self.dataset_id), str(final))  # a rename on the same filesystem
+            try:
+                shutil.move(str(self._staging / self.dataset_id), str(final))  # a rename on the same filesystem
+            except BaseException:
+                if old is not None and not final.exists():
+                    old.rename(final)  # the new dataset could not be moved in: keep the old one
+                raise
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
             self._done = True
@@ -471,6 +634,7 @@ class MinariStreamWriter:
         shutil.rmtree(self._staging, ignore_errors=True)
         with contextlib.suppress(OSError):
             self._staging_parent.rmdir()
+        self._lock.close()  # idempotent
 
 
 def write_minari_dataset(
@@ -516,3 +680,100 @@ def read_provenance(dataset_id: str) -> dict:
     meta = minari.load_dataset(dataset_id).storage.metadata
     raw = meta.get(DAWM_METADATA_KEY)
     return json.loads(raw) if raw else {}
+
+
+# --- combining datasets ---------------------------------------------------------------------------
+#: ``kind`` in the provenance record of a dataset written by :func:`combine_datasets`.
+COMBINED_KIND = "dawm-combined"
+
+
+def combine_datasets(dataset_ids: Sequence[str], out: str, *, overwrite: bool = False,
+                     description: Optional[str] = None) -> str:
+    """Write the episodes of several local Minari datasets, in order, as one new dataset ``out`` (atomically).
+
+    Unlike ``minari.combine_datasets`` it keeps what scoring and evaluation need: the inputs' reference
+    returns (``ref_min_score`` / ``ref_max_score``; the task's D4RL ones when no input has any), their
+    ``eval_env`` spec, their env spec and spaces, and each input's dawm provenance record (under the ``dawm``
+    key: ``{"kind": "dawm-combined", "combined_datasets": [...], "inputs": {id: record}}``). Minari's own
+    ``combined_datasets`` metadata key is set too. Episodes are copied as HDF5 groups (infos and seeds kept).
+
+    Args:
+        dataset_ids: two or more local Minari ids of one task, with equal observation and action spaces.
+        out: the new Minari id (``namespace/name-vN``), not one of the inputs.
+        overwrite: replace an existing ``out`` (the old one is removed only once the new one is complete).
+        description: free text (default: names the inputs).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ValueError: fewer than two inputs, ``out`` among them, an invalid id, inputs of different tasks / spaces /
+            eval envs / reference returns (one line naming both inputs).
+        FileNotFoundError: an input that is not on disk. FileExistsError: ``out`` exists and ``overwrite`` is
+            False. paths.LockHeldError: another process is writing ``out``.
+    """
+    import minari
+    from gymnasium.envs.registration import EnvSpec
+
+    ids = list(dict.fromkeys(dataset_ids))
+    if len(ids) < 2:
+        raise ValueError(f"combining needs at least two different datasets, got {list(dataset_ids)}")
+    if out in ids:
+        raise ValueError(f"the output id {out!r} is one of the inputs; choose a new id")
+    check_dataset_output(out)
+    with dataset_lock(out, flag="--id"):  # before any work: a second writer of `out` fails now
+        for dataset_id in ids:
+            try_restore_interrupted_overwrite(dataset_id)
+        local = minari.list_local_datasets()
+        missing = [d for d in ids if d not in local]
+        if missing:
+            raise FileNotFoundError(f"dataset(s) {', '.join(missing)} not on disk (root {minari_root()}); local: "
+                                    f"{', '.join(sorted(local)) or 'none'}")
+        if (minari_root() / out).exists() and not overwrite:
+            raise FileExistsError(f"Minari dataset {out!r} already exists; pass --overwrite or choose another --id")
+        inputs = {d: minari.load_dataset(d) for d in ids}
+        first_id, first = ids[0], inputs[ids[0]]
+        tasks, evals, scores = {}, {}, {}
+        for d, ds in inputs.items():
+            meta = ds.storage.metadata
+            spec = ds.spec.env_spec
+            if spec is None:
+                raise ValueError(f"{d} records no environment, so its task is unknown; only datasets of dawm's "
+                                 "tasks (hopper, walker2d, halfcheetah) can be combined")
+            tasks[d] = task_from_env_id(spec.id)
+            if tasks[d].name != tasks[first_id].name:
+                raise ValueError(f"cannot combine {first_id} ({tasks[first_id].name}) with {d} ({tasks[d].name}): "
+                                 "the datasets must be of one task")
+            for what in ("observation_space", "action_space"):
+                if getattr(ds, what) != getattr(first, what):
+                    raise ValueError(f"cannot combine {first_id} with {d}: their {what.replace('_', ' ')}s differ "
+                                     f"({getattr(first, what)} vs {getattr(ds, what)})")
+            if meta.get("eval_env_spec"):
+                evals[d] = json.loads(meta["eval_env_spec"])
+            if meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None:
+                scores[d] = (float(meta["ref_min_score"]), float(meta["ref_max_score"]))
+        for name, found, same in (("eval_env specs", evals, lambda a, b: a == b),
+                                  ("reference returns (ref_min_score, ref_max_score)", scores, np.allclose)):
+            (ref_id, ref), *rest = list(found.items()) or [(None, None)]
+            for d, v in rest:
+                if not same(v, ref):
+                    raise ValueError(f"cannot combine {ref_id} with {d}: their {name} differ ({ref} vs {v})")
+        task = tasks[first_id]
+        ref_min, ref_max = next(iter(scores.values()), (task.ref_min_score, task.ref_max_score))
+        eval_env = EnvSpec.from_json(json.dumps(next(iter(evals.values())))) if evals else task.env_id
+        kwargs = dict(env=first.spec.env_spec, eval_env=eval_env, ref_min_score=ref_min, ref_max_score=ref_max,
+                      observation_space=first.observation_space, action_space=first.action_space)
+        provenance = {
+            "kind": COMBINED_KIND, "combined_datasets": ids,
+            "inputs": {d: json.loads(inputs[d].storage.metadata.get(DAWM_METADATA_KEY) or "{}") for d in ids},
+            "transitions": int(sum(ds.total_steps for ds in inputs.values())),
+            "episodes": int(sum(ds.total_episodes for ds in inputs.values())),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        algos = ", ".join(dict.fromkeys(str(ds.storage.metadata.get("algorithm_name", "?")) for ds in inputs.values()))
+        with MinariStreamWriter(out, task, algorithm_name=f"combined ({algos})", overwrite=overwrite,
+                                description=description or f"Combination of {', '.join(ids)} (dawm data combine)",
+                                provenance=provenance, minari_kwargs=kwargs) as writer:
+            for d in ids:
+                writer.append_dataset(d)
+            return writer.finalize(extra_metadata={"combined_datasets": ids})

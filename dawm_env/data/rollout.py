@@ -133,3 +133,37 @@ def evaluate_returns(task: TaskSpec, policy: PolicyFn, num_episodes: int, seed: 
         for env in envs:
             env.close()
     return returns
+
+
+def real_step_from(task: TaskSpec, states: np.ndarray, actions: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step the real MuJoCo env once from each given observation: the ground truth of a dream step.
+
+    The root x position is not observed and does not change the dynamics, so setting
+    ``(qpos, qvel)`` from the observation reproduces the real transition exactly where the observation
+    determines the state (:meth:`TaskSpec.determines_state`: no velocity at the observation's clip; select
+    those rows to compare against ground truth).
+
+    Args:
+        task: the task (its ``-v5`` env is created once).
+        states: ``(B, obs_dim)`` observations.
+        actions: ``(B, act_dim)`` actions.
+
+    Returns:
+        ``next_observations (B, obs_dim) float64``, ``rewards (B,) float64``, ``terminated (B,) bool``.
+    """
+    states, actions = np.asarray(states, dtype=np.float64), np.asarray(actions, dtype=np.float32)
+    if states.ndim != 2 or actions.shape != (len(states), task.act_dim):
+        raise ValueError(f"need states (B, {task.obs_dim}) and actions (B, {task.act_dim}), got {states.shape} "
+                         f"and {actions.shape}")
+    env = gym.make(task.env_id).unwrapped
+    env.reset(seed=0)
+    nxt, rew, term = np.zeros_like(states), np.zeros(len(states)), np.zeros(len(states), dtype=bool)
+    try:
+        for i, (s, a) in enumerate(zip(states, actions)):
+            env.set_state(*task.split_observation(s))
+            obs, r, terminated, _, _ = env.step(a)
+            nxt[i], rew[i], term[i] = obs, r, terminated
+    finally:
+        env.close()
+    return nxt, rew, term

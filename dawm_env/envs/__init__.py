@@ -16,8 +16,9 @@ each with ``max_episode_steps=1000`` (the real envs' limit), ``entry_point``
     from dawm_env.envs.sb3 import make_sb3_vec_env                       # SB3 VecEnv adapter
 
 Keyword arguments (JSON-friendly, see :class:`dawm_env.envs.dream.DreamConfig`): ``bundle``,
-``rtg_target``, ``guidance_weight``, ``sampling_steps``, ``temperature``, ``device``, ``start_states``,
-``start_mode``, ``idm_info``; ``render_mode`` / ``width`` / ``height`` for the single env;
+``rtg_target``, ``guidance_weight``, ``sampling_steps``, ``sampling_timesteps``, ``bf16``, ``temperature``,
+``device``, ``start_states``, ``start_mode``, ``idm_info``, and the pessimism (on by default): ``pessimism``,
+``uncertainty``, ``penalty_coef``, ``halt_threshold``, ``halt``, ``halt_penalty``; ``render_mode`` / ``width`` / ``height`` for the single env;
 ``max_episode_steps`` through ``make`` / ``make_vec``.
 
 Modules: :mod:`.dream` (``DreamEnv``, ``DreamConfig``, the shared ``DreamDynamics``), :mod:`.vector`

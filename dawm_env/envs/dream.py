@@ -19,6 +19,17 @@ One ``step(a)`` is one call of the diffusion world model conditioned on ``(s_t, 
 Actions are clipped to ``[-1, 1]`` like the real MuJoCo actuators' ``ctrlrange`` (the world model only
 saw actions in that range); wrong shapes, non-numeric dtypes and NaN / inf raise ``ValueError``.
 
+Pessimism (on by default; ``pessimism=False`` gives the raw dream): every step measures an uncertainty ``u``
+(:mod:`dawm_env.world_model.uncertainty`; default ``action_gap``, DAWM's action consistency) and
+
+- the reward becomes ``r - penalty_coef * u`` (MOPO, Yu et al. 2020);
+- the episode halts (``terminated``, reward ``- halt_penalty`` added) when ``u > halt_threshold`` (MOReL,
+  Kidambi et al. 2020).
+
+Defaults for both come from the bundle's calibration on real held-out transitions (``pessimism.json``):
+an agent that drives actions where the data never went finds that the world model ignores them (the IDM
+infers a different action), pays for it and is stopped, instead of being rewarded by behaviour-like dreams.
+
 Observation / action spaces equal the real env's (``Box(-inf, inf, (obs_dim,), float64)`` and
 ``Box(-1, 1, (act_dim,), float32)``), so a policy trained in the dream loads against the real env.
 
@@ -45,6 +56,8 @@ from dawm_env.data.loading import load_dataset
 from dawm_env.envs.render import StateRenderer, advance_x, render_fps
 from dawm_env.tasks import TaskSpec, get_task
 from dawm_env.world_model.bundle import Bundle, resolve_bundle
+from dawm_env.world_model.calibration import SIGNALS, PessimismCalibration
+from dawm_env.world_model.uncertainty import check_signal, dream_transition
 
 #: Dream env ids by task (also used in error messages).
 ENV_IDS: dict[str, str] = {"hopper": "DAWM-Hopper-v0", "walker2d": "DAWM-Walker2d-v0",
@@ -71,6 +84,10 @@ class DreamConfig:
             (hopper / walker2d 0.8, halfcheetah 0.6).
         guidance_weight: classifier-free guidance ``w``; None = the bundle's (1.2 by default).
         sampling_steps: reverse diffusion steps ``N``; None = the bundle's (3). Fewer is faster, coarser.
+        sampling_timesteps: explicit ascending diffusion steps to visit instead (e.g. ``[0, 3]``: two
+            network passes starting one step below the noisiest; more accurate than the default three from
+            a 5-step model, see the README's speed table); None = evenly strided ``sampling_steps``.
+        bf16: run the networks under bfloat16 autocast (faster on CPUs with AVX512-BF16 / AMX and GPUs).
         temperature: sampling noise scale; None = the bundle's (0.5).
         device: torch device of the models (``cpu``, ``cuda``, ``cuda:1``).
         start_states: where ``reset`` draws start states from: ``"seeds"`` (the bundle's seed states) or
@@ -79,6 +96,15 @@ class DreamConfig:
             states only, i.e. the real env's reset distribution). Seeds support only ``"any"``.
         idm_info: add ``info["idm_action_error"]``: mean ``|IDM(s_{t-1}, s_t, s_{t+1}) - a_t|`` over action
             dims, a free per-step plausibility signal (0 on reset). Costs one IDM call per step.
+        pessimism: penalise and halt uncertain steps (module docstring); False = the raw dream.
+        uncertainty: the signal ``u``: ``action_gap`` (one IDM call) or ``disagreement`` (two samples per
+            step, doubles the model batch).
+        penalty_coef: ``lambda`` in ``r - lambda * u`` (>= 0; 0 = no penalty); None = the bundle's calibrated.
+        halt_threshold: halt when ``u`` exceeds it (> 0); None = the bundle's calibrated (99.9th percentile
+            of ``u`` on real transitions).
+        halt: whether to halt at all (False keeps only the penalty).
+        halt_penalty: subtracted from the reward of a halting step (>= 0). Halting already ends the return,
+            which costs the alive bonus of every later step in hopper / walker2d.
     """
 
     task: str = "hopper"
@@ -86,14 +112,34 @@ class DreamConfig:
     rtg_target: Optional[float] = None
     guidance_weight: Optional[float] = None
     sampling_steps: Optional[int] = None
+    sampling_timesteps: Optional[list[int]] = None
+    bf16: bool = False
     temperature: Optional[float] = None
     device: str = "cpu"
     start_states: str = "seeds"
     start_mode: str = "any"
     idm_info: bool = False
+    pessimism: bool = True
+    uncertainty: str = "action_gap"
+    penalty_coef: Optional[float] = None
+    halt_threshold: Optional[float] = None
+    halt: bool = True
+    halt_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         self.task = get_task(self.task).name  # raises ValueError naming the known tasks
+        check_signal(self.uncertainty)
+        for name in ("penalty_coef", "halt_threshold", "halt_penalty"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0 or None, got {v!r}")
+            setattr(self, name, float(v))
+        if self.halt_threshold is not None and self.halt_threshold == 0:
+            raise ValueError("halt_threshold must be > 0 (use halt=False to never halt)")
+        if self.halt_penalty is None:
+            raise ValueError("halt_penalty must be a number >= 0, got None")
         if self.bundle is not None:
             self.bundle = os.fspath(self.bundle)
         for name in ("rtg_target", "guidance_weight", "temperature"):
@@ -108,6 +154,17 @@ class DreamConfig:
                                                 or not isinstance(self.sampling_steps, int)
                                                 or self.sampling_steps < 1):
             raise ValueError(f"sampling_steps must be a positive int or None, got {self.sampling_steps!r}")
+        if self.sampling_timesteps is not None:
+            if self.sampling_steps is not None:
+                raise ValueError("pass sampling_steps or sampling_timesteps, not both")
+            ts = self.sampling_timesteps
+            if isinstance(ts, (str, bytes)) or not hasattr(ts, "__iter__"):
+                raise ValueError(f"sampling_timesteps must be a list of ints (e.g. [0, 3]), got {ts!r}")
+            ts = list(ts)
+            if not ts or any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) for t in ts) \
+                    or any(b <= a for a, b in zip(ts, ts[1:])) or ts[0] < 0:
+                raise ValueError(f"sampling_timesteps must be strictly ascending ints >= 0, got {ts!r}")
+            self.sampling_timesteps = [int(t) for t in ts]
         if self.start_mode not in START_MODES:
             raise ValueError(f"start_mode must be one of {START_MODES}, got {self.start_mode!r}")
         if self.start_states == "seeds" and self.start_mode != "any":
@@ -245,6 +302,77 @@ def check_states(states: Any, n: int, obs_dim: int, name: str = "start_state") -
     return arr.copy()
 
 
+@dataclass(frozen=True)
+class PessimismSettings:
+    """The resolved pessimism of an env: what is penalised, by how much, and when it halts.
+
+    Attributes:
+        signal: the uncertainty signal (``action_gap`` / ``disagreement``).
+        penalty_coef: ``lambda`` (reward units per unit of ``u``).
+        halt_threshold: halt when ``u`` exceeds it; None = never halt.
+        halt_penalty: subtracted from a halting step's reward.
+    """
+
+    signal: str
+    penalty_coef: float
+    halt_threshold: Optional[float]
+    halt_penalty: float
+
+    @classmethod
+    def resolve(cls, config: "DreamConfig", calibration: Optional[PessimismCalibration],
+                bundle_path: str) -> Optional["PessimismSettings"]:
+        """The config's explicit values, else the calibration's; None when ``config.pessimism`` is off.
+
+        Raises:
+            ValueError: a value is needed from a bundle without calibration (the message gives the fixes).
+        """
+        if not config.pessimism:
+            return None
+        need_halt = config.halt and config.halt_threshold is None
+        cal = None
+        if config.penalty_coef is None or need_halt:
+            if calibration is None:
+                raise ValueError(
+                    f"bundle {bundle_path} has no pessimism calibration (pessimism.json); run `dawm bundle calibrate "
+                    f"{bundle_path} --dataset ID`, or pass penalty_coef=... and halt_threshold=... (or halt=False), "
+                    f"or pessimism=False for the raw dream")
+            cal = calibration.signal(config.uncertainty)
+        coef = config.penalty_coef if config.penalty_coef is not None else cal.penalty_coef
+        threshold = None
+        if config.halt:
+            threshold = config.halt_threshold if config.halt_threshold is not None else cal.halt_threshold
+        return cls(signal=config.uncertainty, penalty_coef=float(coef),
+                   halt_threshold=None if threshold is None else float(threshold),
+                   halt_penalty=float(config.halt_penalty))
+
+    def apply(self, rewards: np.ndarray, u: np.ndarray, terminated: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(rewards - penalty, terminated | halted, halted, penalty)`` for ``(B,)`` rewards, ``u`` and flags.
+
+        ``penalty = penalty_coef * u`` plus ``halt_penalty`` where the step halts (``u > halt_threshold``).
+        """
+        halted = (u > self.halt_threshold) if self.halt_threshold is not None else np.zeros(len(u), dtype=bool)
+        penalty = self.penalty_coef * u + self.halt_penalty * halted
+        return rewards - penalty, terminated | halted, halted, penalty
+
+
+@dataclass(frozen=True)
+class DreamStep:
+    """One batched dream step.
+
+    Attributes:
+        next_states: ``(B, obs_dim)`` float64 ``s_{t+1}``.
+        rewards: ``(B,)`` float64, the reward the agent gets (penalised when pessimism is on).
+        terminated: ``(B,)`` bool: the task's termination function on ``s_{t+1}``, or a halt.
+        info: ``{key: (B,) array}`` per-step info (:meth:`DreamDynamics.info_keys`).
+    """
+
+    next_states: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    info: dict[str, np.ndarray]
+
+
 class DreamDynamics:
     """Batched one-step dream transitions: the shared core of the single, vector and SB3 envs.
 
@@ -256,6 +384,7 @@ class DreamDynamics:
         bundle: the loaded :class:`~dawm_env.world_model.bundle.Bundle`.
         start_pool: ``(M, obs_dim)`` float64 start states.
         rtg_target: the scaled return-to-go used as condition.
+        pessimism: the resolved :class:`PessimismSettings` (None for the raw dream).
     """
 
     def __init__(self, config: DreamConfig) -> None:
@@ -267,9 +396,26 @@ class DreamDynamics:
         if config.sampling_steps is not None and config.sampling_steps > wm.n_diffusion_steps:
             raise ValueError(f"sampling_steps={config.sampling_steps} exceeds the bundle's "
                              f"{wm.n_diffusion_steps} diffusion steps; use 1..{wm.n_diffusion_steps}")
+        if config.sampling_timesteps is not None and config.sampling_timesteps[-1] >= wm.n_diffusion_steps:
+            raise ValueError(f"sampling_timesteps={config.sampling_timesteps}: the bundle has "
+                             f"{wm.n_diffusion_steps} diffusion steps, use indices 0..{wm.n_diffusion_steps - 1}")
         self.rtg_target = float(config.rtg_target if config.rtg_target is not None else max(self.task.gen_rtg_range))
+        self.pessimism = PessimismSettings.resolve(config, self.bundle.pessimism, str(self.bundle.path))
+        signals = {self.pessimism.signal} if self.pessimism is not None else set()
+        if config.idm_info:
+            signals.add("action_gap")
+        self._signals = tuple(n for n in SIGNALS if n in signals)
         self.start_pool = self._load_start_pool()
         self._gen = torch.Generator(device=self.device)
+
+    def info_keys(self) -> dict[str, Any]:
+        """The per-step info keys and their value on reset (the same keys on reset and step)."""
+        keys: dict[str, Any] = {}
+        if self.config.idm_info:
+            keys["idm_action_error"] = 0.0
+        if self.pessimism is not None:
+            keys.update({"uncertainty": 0.0, "penalty": 0.0, "halted": False, "raw_reward": 0.0})
+        return keys
 
     def _load_start_pool(self) -> np.ndarray:
         cfg = self.config
@@ -295,41 +441,34 @@ class DreamDynamics:
 
     @torch.no_grad()
     def step(self, states: np.ndarray, actions: np.ndarray, rng: np.random.Generator,
-             prev_states: Optional[np.ndarray] = None
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
+             prev_states: Optional[np.ndarray] = None) -> DreamStep:
         """One world-model call for the whole batch.
 
         Args:
             states: ``(B, obs_dim)`` raw ``s_t``.
             actions: ``(B, act_dim)`` checked actions in ``[-1, 1]``.
             rng: the env's generator; one integer is drawn to seed the sampler.
-            prev_states: ``(B, obs_dim)`` raw ``s_{t-1}`` (NaN rows = episode start) for the IDM check;
-                only used when ``config.idm_info``.
-
-        Returns:
-            ``next_states (B, obs_dim) float64``, ``rewards (B,) float64``, ``terminated (B,) bool`` and,
-            with ``idm_info``, ``idm_action_error (B,) float64`` (else None).
+            prev_states: ``(B, obs_dim)`` raw ``s_{t-1}`` (NaN rows = episode start); the action gap of a row
+                without it is 0.
         """
         cfg = self.config
         self._gen.manual_seed(int(rng.integers(0, 2**63 - 1)))
+        if prev_states is None:
+            prev_states = np.full_like(states, np.nan)
         # the window's row 1 state is s_{t+1} and row 0 reward is r_t; the rest is discarded (module docstring)
-        window = self.bundle.sample_window(states, actions, self.rtg_target, 2, self._gen,
-                                           guidance=cfg.guidance_weight, sampling_steps=cfg.sampling_steps,
-                                           temperature=cfg.temperature)
-        next_states = window.states[:, 1].astype(np.float64)
-        rewards = window.rewards[:, 0].astype(np.float64)
-        terminated = window.terminal[:, 0]
-        idm_err = None
+        tr = dream_transition(self.bundle, states, actions, self.rtg_target, self._gen, self._signals,
+                              prev_states=prev_states, guidance=cfg.guidance_weight,
+                              sampling_steps=cfg.sampling_steps, temperature=cfg.temperature,
+                              timesteps=cfg.sampling_timesteps, bf16=cfg.bf16)
+        info: dict[str, np.ndarray] = {}
         if cfg.idm_info:
-            if prev_states is None:
-                prev_states = np.full_like(states, np.nan)
-            prev = torch.as_tensor(np.asarray(prev_states, dtype=np.float32), device=self.device)
-            # IDM convention: s_{t-1} is zero (the normalised mean) at an episode's first step.
-            prev_norm = torch.nan_to_num(self.bundle.normalize_obs(prev), nan=0.0)
-            inferred, _ = self.bundle.idm.act(prev_norm, window.states_norm[:, 0], window.states_norm[:, 1])
-            a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)
-            idm_err = (inferred - a).abs().mean(-1).double().cpu().numpy()
-        return next_states, rewards, terminated, idm_err
+            info["idm_action_error"] = tr.signals["action_gap"]
+        rewards, terminated = tr.rewards, tr.terminal
+        if self.pessimism is not None:
+            u = tr.signals[self.pessimism.signal]
+            rewards, terminated, halted, penalty = self.pessimism.apply(tr.rewards, u, tr.terminal)
+            info.update({"uncertainty": u, "penalty": penalty, "halted": halted, "raw_reward": tr.rewards})
+        return DreamStep(next_states=tr.next_states, rewards=rewards, terminated=terminated, info=info)
 
 
 def observation_space(task: TaskSpec) -> spaces.Box:
@@ -357,7 +496,9 @@ class DreamEnv(gym.Env[np.ndarray, np.ndarray]):
     Info (same keys on reset and step):
         ``rtg_target`` (float): the condition g; ``start_index`` (int): row of the start-state pool the
         episode began from (-1 for ``options["start_state"]``); ``idm_action_error`` (float, only with
-        ``idm_info=True``; 0.0 on reset).
+        ``idm_info=True``; 0.0 on reset); with pessimism (the default) ``uncertainty`` (``u``), ``penalty``
+        (what was subtracted from the reward), ``halted`` (bool: the episode ended on ``u > halt_threshold``)
+        and ``raw_reward`` (the dream's reward before the penalty); 0 / False on reset.
 
     Reset options:
         ``{"start_state": obs}``: start from this ``(obs_dim,)`` state instead of drawing one.
@@ -386,10 +527,10 @@ class DreamEnv(gym.Env[np.ndarray, np.ndarray]):
         self._elapsed = 0
         self._renderer: Any = None
 
-    def _info(self, idm_err: Optional[float] = None) -> dict[str, Any]:
+    def _info(self, step: Optional[dict[str, np.ndarray]] = None) -> dict[str, Any]:
         info: dict[str, Any] = {"rtg_target": self.dynamics.rtg_target, "start_index": int(self._start_index)}
-        if self.config.idm_info:
-            info["idm_action_error"] = 0.0 if idm_err is None else float(idm_err)
+        for key, reset_value in self.dynamics.info_keys().items():
+            info[key] = reset_value if step is None else type(reset_value)(step[key][0])
         return info
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict[str, Any]] = None
@@ -416,16 +557,16 @@ class DreamEnv(gym.Env[np.ndarray, np.ndarray]):
         if self._state is None:
             raise RuntimeError("call reset() before step()")
         act = check_actions(action, self.action_space.shape)
-        nxt, rew, term, idm_err = self.dynamics.step(self._state[None], act[None], self.np_random,
-                                                     self._prev[None])
+        out = self.dynamics.step(self._state[None], act[None], self.np_random, self._prev[None])
+        nxt = out.next_states
         if self.render_mode is not None:  # x is not observed; integrate it only for the picture
 
             self._x = advance_x(self.task.name, self._x, self._state, nxt[0])
         self._prev, self._state = self._state, nxt[0]
         self._elapsed += 1
         truncated = self.max_episode_steps is not None and self._elapsed >= self.max_episode_steps
-        return (self._state.copy(), float(rew[0]), bool(term[0]), bool(truncated),
-                self._info(None if idm_err is None else idm_err[0]))
+        return (self._state.copy(), float(out.rewards[0]), bool(out.terminated[0]), bool(truncated),
+                self._info(out.info))
 
     def render(self) -> Optional[np.ndarray]:
         """``(height, width, 3)`` uint8 frame of the current dream state drawn by the real MuJoCo model."""

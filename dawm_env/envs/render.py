@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from dawm_env.tasks import get_task
+from dawm_env.tasks import TASKS, get_task
 
-# obs = (qpos[1:], qvel): nq positions, the first (x) excluded. Checked against the -v5 models in tests.
-QPOS_DIM: dict[str, int] = {"hopper": 6, "walker2d": 9, "halfcheetah": 9}
+# obs = (qpos[1:], qvel): nq positions, the first (x) excluded (TaskSpec.qpos_dim). Checked against -v5 in tests.
+QPOS_DIM: dict[str, int] = {name: spec.qpos_dim for name, spec in TASKS.items()}
 # Control period of the real envs (frame_skip * timestep), for x integration and video fps.
 CONTROL_DT: dict[str, float] = {"hopper": 0.008, "walker2d": 0.008, "halfcheetah": 0.05}
 
@@ -109,11 +109,7 @@ class StateRenderer:
 
     def qpos_qvel(self, obs: np.ndarray, x: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Split an observation ``(obs_dim,)`` into ``qpos (nq,)`` (with x prepended) and ``qvel (nv,)``."""
-        obs = np.asarray(obs, dtype=np.float64)
-        if obs.shape != (self.task.obs_dim,):
-            raise ValueError(f"{self.task.name} observations have shape ({self.task.obs_dim},), got {obs.shape}")
-        nq = QPOS_DIM[self.task.name]
-        return np.concatenate(([x], obs[: nq - 1])), obs[nq - 1:].copy()
+        return self.task.split_observation(obs, x)
 
     def render(self, obs: np.ndarray, x: float = 0.0) -> np.ndarray:
         """``(height, width, 3)`` uint8 picture of the state ``obs`` with root x position ``x``."""

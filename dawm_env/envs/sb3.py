@@ -13,6 +13,15 @@ One world-model call per ``step_wait`` for all N envs. Wrap in ``VecMonitor`` fo
 
     venv = make_sb3_vec_env("DAWM-Hopper-v0", num_envs=16, max_episode_steps=100, bundle="hopper-medium")
     model = SAC("MlpPolicy", VecMonitor(venv)).learn(100_000)
+
+The offline model-based recipe (MOPO / MOReL / COMBO): short dreams branched from dataset states, the
+pessimistic dream (the env's default), and real transitions mixed into every batch by
+:class:`RealMixReplayBuffer`::
+
+    venv = make_sb3_vec_env("DAWM-Hopper-v0", num_envs=16, max_episode_steps=5,
+                            start_states="dawm-d4rl/hopper/medium-v0")
+    model = SAC("MlpPolicy", VecMonitor(venv), replay_buffer_class=RealMixReplayBuffer,
+                replay_buffer_kwargs=real_mix_kwargs("dawm-d4rl/hopper/medium-v0", real_fraction=0.5))
 """
 
 from __future__ import annotations
@@ -20,14 +29,19 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 from gymnasium.utils import seeding
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from stable_baselines3.common.vec_env.base_vec_env import (
     VecEnvIndices,
     VecEnvObs,
     VecEnvStepReturn,
 )
 
+from dawm_env.data.loading import load_dataset
+from dawm_env.data.records import OfflineDataset
 from dawm_env.envs.dream import check_actions, check_states
 from dawm_env.envs.vector import DreamVectorEnv
 
@@ -63,10 +77,10 @@ class DreamSB3VecEnv(VecEnv):
         self._ready = False
         self._rng: np.random.Generator = venv.np_random  # one generator for the batch, reseeded by seed()
 
-    def _info(self, i: int, idm_err: Optional[float] = None) -> dict[str, Any]:
+    def _info(self, i: int, step: Optional[dict[str, np.ndarray]] = None) -> dict[str, Any]:
         info: dict[str, Any] = {"rtg_target": self.dynamics.rtg_target, "start_index": int(self._start_index[i])}
-        if self.dynamics.config.idm_info:
-            info["idm_action_error"] = 0.0 if idm_err is None else float(idm_err)
+        for key, reset_value in self.dynamics.info_keys().items():
+            info[key] = reset_value if step is None else type(reset_value)(step[key][i])
         return info
 
     def _start(self, idx: np.ndarray, states: Optional[np.ndarray] = None) -> None:
@@ -109,20 +123,21 @@ class DreamSB3VecEnv(VecEnv):
         if not self._ready or self._actions is None:
             raise RuntimeError("call reset() and step_async() before step_wait()")
         acts, self._actions = self._actions, None
-        nxt, rew, term, idm_err = self.dynamics.step(self._states, acts, self._rng, self._prev)
+        out = self.dynamics.step(self._states, acts, self._rng, self._prev)
+        nxt, rew, term = out.next_states, out.rewards, out.terminated
         self._prev, self._states = self._states, nxt.copy()
         self._elapsed += 1
         trunc = (self._elapsed >= self.max_episode_steps) if self.max_episode_steps is not None \
             else np.zeros(self.num_envs, dtype=bool)
         dones = term | trunc
-        infos = [self._info(i, None if idm_err is None else idm_err[i]) for i in range(self.num_envs)]
+        infos = [self._info(i, out.info) for i in range(self.num_envs)]
         done_idx = np.flatnonzero(dones)
         for i in done_idx:
             infos[i]["terminal_observation"] = nxt[i].copy()
             infos[i]["TimeLimit.truncated"] = bool(trunc[i] and not term[i])
         self._start(done_idx)
-        for i in done_idx:  # the new episode's info, keeping the terminal keys
-            infos[i].update(self._info(int(i)))
+        for i in done_idx:  # the new episode's start (index), keeping the last step's values and terminal keys
+            infos[i]["start_index"] = int(self._start_index[i])
         return self._states.copy(), rew.astype(np.float32), dones, infos
 
     def close(self) -> None:
@@ -179,3 +194,70 @@ def make_sb3_vec_env(env_id: str = "DAWM-Hopper-v0", num_envs: int = 16, max_epi
         venv.seed(seed)
     return venv
 
+
+
+class RealMixReplayBuffer(ReplayBuffer):
+    """SB3 replay buffer whose every batch holds a fixed fraction of real offline transitions.
+
+    The dream transitions the agent collects go into the ordinary buffer; ``sample`` draws
+    ``round(real_fraction * batch_size)`` rows uniformly from the real dataset and the rest from the buffer
+    (MOPO / COMBO mix real and model data this way). Real ``dones`` are the dataset's terminations only:
+    a truncated real episode bootstraps, as SB3 does with ``TimeLimit.truncated``.
+
+    Args:
+        buffer_size, observation_space, action_space, device, n_envs, optimize_memory_usage,
+            handle_timeout_termination: as :class:`stable_baselines3.common.buffers.ReplayBuffer`.
+        real_data: an :class:`~dawm_env.data.records.OfflineDataset`, or a Minari id / D4RL file to load.
+        real_fraction: share of every batch taken from ``real_data``, in ``[0, 1]``.
+        seed: seed of the real-row sampling.
+
+    Use through ``replay_buffer_class=RealMixReplayBuffer, replay_buffer_kwargs=real_mix_kwargs(...)``.
+    """
+
+    def __init__(self, buffer_size: int, observation_space: Any, action_space: Any, device: Any = "auto",
+                 n_envs: int = 1, optimize_memory_usage: bool = False, handle_timeout_termination: bool = True,
+                 *, real_data: "OfflineDataset | str", real_fraction: float = 0.5, seed: int = 0) -> None:
+        super().__init__(buffer_size, observation_space, action_space, device=device, n_envs=n_envs,
+                         optimize_memory_usage=optimize_memory_usage,
+                         handle_timeout_termination=handle_timeout_termination)
+        if isinstance(real_fraction, bool) or not 0.0 <= float(real_fraction) <= 1.0:
+            raise ValueError(f"real_fraction must lie in [0, 1], got {real_fraction!r}")
+        data = real_data if isinstance(real_data, OfflineDataset) else load_dataset(real_data)
+        obs_shape, act_shape = tuple(observation_space.shape), tuple(action_space.shape)
+        if data.observations.shape[1:] != obs_shape or data.actions.shape[1:] != act_shape:
+            raise ValueError(f"real data {data.source!r} has observations {data.observations.shape[1:]} / actions "
+                             f"{data.actions.shape[1:]}; the agent's spaces are {obs_shape} / {act_shape}")
+        self.real_fraction = float(real_fraction)
+        self.real = data
+        self._real_rng = np.random.default_rng(seed)
+
+    def sample(self, batch_size: int, env: Optional[VecNormalize] = None) -> ReplayBufferSamples:
+        """``batch_size`` rows: the real share from the dataset, the rest from the dream buffer."""
+        n_real = int(round(self.real_fraction * batch_size))
+        if self.size() == 0:  # nothing dreamed yet: all real
+            n_real = batch_size
+        parts = []
+        if n_real < batch_size:
+            parts.append(super().sample(batch_size - n_real, env=env))
+        if n_real:
+            rows = self._real_rng.integers(self.real.num_transitions, size=n_real)
+            d = self.real
+            parts.append(ReplayBufferSamples(
+                observations=self.to_torch(self._normalize_obs(d.observations[rows], env)),
+                actions=self.to_torch(d.actions[rows]),
+                next_observations=self.to_torch(self._normalize_obs(d.next_observations[rows], env)),
+                dones=self.to_torch(d.terminations[rows].astype(np.float32).reshape(-1, 1)),
+                rewards=self.to_torch(self._normalize_reward(d.rewards[rows].reshape(-1, 1), env)),
+            ))
+        if len(parts) == 1:
+            return parts[0]
+        # same dtype on both sides (the buffer stores float32; SB3's to_torch keeps it)
+        return ReplayBufferSamples(*(torch.cat([p[i].to(parts[0][i].dtype) for p in parts])
+                                     if parts[0][i] is not None else None
+                                     for i in range(len(ReplayBufferSamples._fields))))
+
+
+def real_mix_kwargs(real_data: "OfflineDataset | str", real_fraction: float = 0.5, seed: int = 0) -> dict[str, Any]:
+    """``replay_buffer_kwargs`` for :class:`RealMixReplayBuffer` (the data is loaded once, here)."""
+    data = real_data if isinstance(real_data, OfflineDataset) else load_dataset(real_data)
+    return {"real_data": data, "real_fraction": real_fraction, "seed": seed}

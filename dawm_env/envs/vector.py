@@ -13,7 +13,9 @@ Randomness: one ``np_random`` for the whole batch (``reset(seed=int)``; a list o
 into one), so the same seed and action sequence reproduce the same batch of episodes.
 
 Infos: every key is a ``(N,)`` array with a boolean ``_key`` mask (Gymnasium's vector convention),
-the same keys on reset and step: ``rtg_target``, ``start_index`` (and ``idm_action_error``).
+the same keys on reset and step: ``rtg_target``, ``start_index`` (and ``idm_action_error``; with pessimism
+``uncertainty``, ``penalty``, ``halted``, ``raw_reward``, see :class:`~dawm_env.envs.dream.DreamEnv`). An env
+being reset reports the reset values (0 / False).
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ class DreamVectorEnv(VectorEnv):
         self._prev = np.full((n, d), np.nan)  # s_{t-1} for the IDM; NaN at episode start
         self._elapsed = np.zeros(n, dtype=np.int64)
         self._start_index = np.full(n, -1, dtype=np.int64)
-        self._idm_err = np.zeros(n)
+        # per-step info values of the last step (reset values for envs that just started)
+        self._step_info: dict[str, np.ndarray] = {k: np.full(n, v) for k, v in self.dynamics.info_keys().items()}
         self._autoreset = np.zeros(n, dtype=bool)  # envs whose episode ended on the previous step
         self._needs_reset = True
 
@@ -96,7 +99,8 @@ class DreamVectorEnv(VectorEnv):
         self._prev[idx] = np.nan
         self._elapsed[idx] = 0
         self._start_index[idx] = pool_idx
-        self._idm_err[idx] = 0.0
+        for key, value in self.dynamics.info_keys().items():
+            self._step_info[key][idx] = value
         self._autoreset[idx] = False
 
     def _infos(self) -> dict[str, Any]:
@@ -105,9 +109,9 @@ class DreamVectorEnv(VectorEnv):
             "rtg_target": np.full(n, self.dynamics.rtg_target), "_rtg_target": np.ones(n, dtype=bool),
             "start_index": self._start_index.copy(), "_start_index": np.ones(n, dtype=bool),
         }
-        if self.config.idm_info:
-            infos["idm_action_error"] = self._idm_err.copy()
-            infos["_idm_action_error"] = np.ones(n, dtype=bool)
+        for key, values in self._step_info.items():
+            infos[key] = values.copy()
+            infos[f"_{key}"] = np.ones(n, dtype=bool)
         return infos
 
     # ------------------------------------------------------------------ API
@@ -153,15 +157,14 @@ class DreamVectorEnv(VectorEnv):
         truncated = np.zeros(n, dtype=bool)
         live = np.flatnonzero(~resetting)
         if len(live):  # one world-model call for every env that is not being reset
-            nxt, rew, term, idm_err = self.dynamics.step(self._states[live], acts[live], self.np_random,
-                                                         self._prev[live])
+            out = self.dynamics.step(self._states[live], acts[live], self.np_random, self._prev[live])
             self._prev[live] = self._states[live]
-            self._states[live] = nxt
-            rewards[live] = rew
-            terminated[live] = term
+            self._states[live] = out.next_states
+            rewards[live] = out.rewards
+            terminated[live] = out.terminated
             self._elapsed[live] += 1
-            if idm_err is not None:
-                self._idm_err[live] = idm_err
+            for key, values in out.info.items():
+                self._step_info[key][live] = values
             if self.max_episode_steps is not None:
                 # Same rule as gymnasium's TimeLimit: truncated once the limit is reached (may coincide
                 # with terminated).

@@ -81,7 +81,7 @@ class DemoConfig:
     seed: int = 0
     """Generation seed and first agent seed."""
     threads: Optional[int] = None
-    """torch CPU threads for generation and training (None = all cores)."""
+    """torch CPU threads for generation and training (None: the process's setting stands)."""
     progress: bool = True
     """Show progress bars."""
 

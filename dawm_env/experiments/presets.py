@@ -68,7 +68,7 @@ class ExperimentPreset:
     consistency_windows: int = 1024
     """``consistency``: generated windows per (bundle, dataset) pair."""
     threads: Optional[int] = None
-    """torch CPU threads of every stage (None = all cores)."""
+    """torch CPU threads of every stage (None: the process's setting, torch's default unless the caller set one)."""
 
     def __post_init__(self) -> None:
         # checked here, not when the first cell reaches the agent: by then data may have been built for minutes

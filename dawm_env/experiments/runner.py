@@ -17,7 +17,9 @@ interrupted generation from its committed chunks.
 What a cell needs is created when missing:
 
 - real data ``dawm-d4rl/<task>/<level>-v0`` (built like ``dawm data build``; a preset with ``dataset_steps``
-  builds ``dawm-exp/<task>/<level>-n<steps>-v0`` instead), unless ``datasets`` maps ``task/level`` elsewhere;
+  builds ``dawm-exp/<task>/<level>-n<steps>-v0`` instead), unless ``datasets`` maps ``task/level`` elsewhere:
+  to a Minari id, or to a D4RL hdf5 / qlearning npz file (its task is the key's, so the file need not record it;
+  keys of cells on a file cover its content, so a file changed in place makes them unfinished again);
 - the bundle of ``(task, level)``: ``bundles`` override, else a bundle named ``<task>-<level>`` (shipped or in
   ``$DAWM_HOME/bundles``), else ``$DAWM_HOME/runs/<task>-<level>`` when it holds a finished bundle, else one is
   trained into ``OUT/bundles/<task>-<level>`` with the preset's world-model / IDM budgets;
@@ -43,7 +45,7 @@ from typing import Callable, Optional
 
 from dawm_env.agents.train import TrainAgentConfig, train_agent
 from dawm_env.data.build import BuildConfig, build_dataset, default_dataset_id
-from dawm_env.data.loading import load_dataset
+from dawm_env.data.loading import is_dataset_file, load_dataset
 from dawm_env.data.minari_io import dataset_exists, read_provenance
 from dawm_env.experiments.presets import ExperimentPreset
 from dawm_env.experiments.registry import Cell, Experiment, get_experiment
@@ -51,14 +53,14 @@ from dawm_env.experiments.report import write_experiment_report
 from dawm_env.generation import GenerateConfig, bundle_hash, generate_dataset
 from dawm_env.generation.rollouts import check_rtg
 from dawm_env.generation.stats import GENERATED_KIND
-from dawm_env.paths import atomic_write_json, check_writable_dir, dawm_home, minari_root
+from dawm_env.paths import atomic_write_json, check_writable_dir, dawm_home, file_sha256, minari_root
 from dawm_env.runtime import resolve_device, setup_torch
 from dawm_env.tasks import LEVELS, get_task
 from dawm_env.training.idm import IDMTrainConfig, train_idm
 from dawm_env.training.world_model import WorldModelTrainConfig, train_world_model
+from dawm_env.world_model.assemble import assemble_bundle
 from dawm_env.world_model.bundle import (
     Bundle,
-    assemble_bundle,
     bundle_roots,
     resolve_bundle,
 )
@@ -103,6 +105,10 @@ class ExperimentConfig:
                 if level not in LEVELS:
                     raise ValueError(f"{what} override {key!r}: expected TASK/LEVEL with a level in "
                                      f"{', '.join(LEVELS)}")
+        for key, source in self.datasets.items():
+            if is_dataset_file(source) and not Path(source).expanduser().is_file():
+                # now, not after other cells' data and bundles were built
+                raise ValueError(f"--dataset {key}={source}: no such file (a D4RL hdf5 / npz file or a Minari id)")
         if self.max_cells is not None and self.max_cells < 0:
             raise ValueError(f"max_cells must be >= 0, got {self.max_cells}")
         resolve_device(self.device)  # --device cuda without CUDA: one line now, not after building data
@@ -140,6 +146,8 @@ class Workspace:
         self.cfg, self.p, self.echo = cfg, cfg.preset, echo
         self.root = cfg.root
         self._bundle_hashes: dict[str, str] = {}
+        self._file_hashes: dict[str, str] = {}
+        self._checked_files: set[str] = set()
 
     # --- real data --------------------------------------------------------------------------------
     def real_source(self, task: str, level: str) -> str:
@@ -163,16 +171,48 @@ class Workspace:
                 return candidate
         return None
 
+    def real_identity(self, task: str, level: str) -> dict:
+        """``{"real": source}`` of ``(task, level)``, plus the sha256 of its content when the source is a file."""
+        source = self.real_source(task, level)
+        if not is_dataset_file(source):
+            return {"real": source}
+        if source not in self._file_hashes:
+            path = Path(source).expanduser()
+            self._file_hashes[source] = file_sha256(path) if path.is_file() else ""
+        return {"real": source, "real_sha256": self._file_hashes[source]}
+
     def ensure_real(self, task: str, level: str) -> str:
-        """The real dataset of ``(task, level)``, built with the D4RL-style builder when missing."""
+        """The real dataset of ``(task, level)``, built with the D4RL-style builder when missing.
+
+        Raises:
+            ValueError: an override that holds another task's data (one line naming the override).
+        """
 
         source = self.real_source(task, level)
-        if f"{task}/{level}" in self.cfg.datasets or dataset_exists(source):
+        key = f"{task}/{level}"
+        if key in self.cfg.datasets:
+            if is_dataset_file(source) and key not in self._checked_files:  # a Minari id records its env
+                self._check_override(task, key, source)
+                self._checked_files.add(key)
+            return source
+        if dataset_exists(source):
             return source
         steps = self.p.dataset_steps or 1_000_000
         self.echo(f"building real dataset {source} ({steps} transitions)")
         return build_dataset(BuildConfig(task=task, level=level, steps=steps, dataset_id=source),
                              progress=self.cfg.progress)
+
+    @staticmethod
+    def _check_override(task: str, key: str, source: str) -> None:
+        """Refuse ``--dataset key=source`` when the data records another task or has another task's dimensions."""
+        data = load_dataset(source)
+        spec = get_task(task)
+        if data.task and get_task(data.task).name != spec.name:
+            raise ValueError(f"--dataset {key}={source} holds {get_task(data.task).name} data; give it as "
+                             f"{get_task(data.task).name}/LEVEL={source}")
+        if (data.obs_dim, data.act_dim) != (spec.obs_dim, spec.act_dim):
+            raise ValueError(f"--dataset {key}={source}: observation / action sizes {data.obs_dim} / {data.act_dim} "
+                             f"are not {spec.name}'s {spec.obs_dim} / {spec.act_dim}")
 
     # --- bundles ----------------------------------------------------------------------------------
     def bundle_dir(self, task: str, level: str) -> Path:
@@ -199,9 +239,9 @@ class Workspace:
         self.echo(f"training a bundle for {task}-{level} into {path} (world model preset {p.wm_preset})")
         train_world_model(WorldModelTrainConfig(
             dataset=real, out=str(path), preset=p.wm_preset, steps=p.wm_steps, batch_size=p.wm_batch_size,
-            device=self.cfg.device, threads=p.threads, progress=self.cfg.progress))
+            task=task, device=self.cfg.device, threads=p.threads, progress=self.cfg.progress))
         train_idm(IDMTrainConfig(dataset=real, out=str(path), steps=p.idm_steps, hidden=p.idm_hidden,
-                                 batch_size=p.idm_batch_size, device=self.cfg.device, threads=p.threads,
+                                 batch_size=p.idm_batch_size, task=task, device=self.cfg.device, threads=p.threads,
                                  progress=self.cfg.progress))
         assemble_bundle(path, eval_windows=min(1024, p.consistency_windows))
         return path
@@ -232,7 +272,7 @@ class Workspace:
     def generation_settings(self, cell: Cell) -> dict:
         """Every setting that decides a cell's generated data (its id hashes them)."""
         p = self.p
-        return {"real": self.real_source(cell.task, cell.level), **self.bundle_identity(cell.task, cell.level),
+        return {**self.real_identity(cell.task, cell.level), **self.bundle_identity(cell.task, cell.level),
                 "horizon": cell.horizon, "subsample": cell.subsample, "repeats": p.generation_repeats, "rtg": p.rtg,
                 "batch_size": p.generation_batch_size, "chunk_size": p.generation_chunk_size, "seed": 0,
                 "action_source": cell.action_source, "device_type": self.cfg.device.split(":")[0]}
@@ -282,11 +322,12 @@ class Workspace:
         """Folder-safe key of everything that decides a cell's result except the step budget."""
         p = self.p
         if cell.kind == "consistency":
-            ident = {"kind": "consistency", **self.bundle_identity(cell.task, cell.level),
-                     "data": self.real_source(cell.task, cell.data_level), "windows": p.consistency_windows}
+            data = self.real_identity(cell.task, cell.data_level)
+            ident = {"kind": "consistency", **self.bundle_identity(cell.task, cell.level), "data": data.pop("real"),
+                     **{f"data_{k}": v for k, v in data.items()}, "windows": p.consistency_windows}
             return f"consistency-{cell.task}-{cell.level}-on-{cell.data_level}-{_hash(ident)}"
         ident = {"kind": "agent", "algo": cell.algo, "task": cell.task, "level": cell.level,
-                 "real": self.real_source(cell.task, cell.level),
+                 **self.real_identity(cell.task, cell.level),
                  "generated": self.generated_id(cell) if cell.generated else None,
                  "seeds": p.seeds, "batch_size": p.batch_size, "eval_episodes": p.eval_episodes}
         if cell.algo.startswith("ssorl-"):
@@ -327,7 +368,7 @@ class Workspace:
         kwargs: dict = dict(
             algo=cell.algo, dataset=real, out=str(run_dir), synthetic=gen_id, steps=p.agent_steps, seeds=p.seeds,
             batch_size=p.batch_size, eval_every=min(p.eval_every, p.agent_steps), eval_episodes=p.eval_episodes,
-            level=cell.level, device=self.cfg.device, threads=p.threads, progress=self.cfg.progress)
+            level=cell.level, task=cell.task, device=self.cfg.device, threads=p.threads, progress=self.cfg.progress)
         if cell.algo.startswith("ssorl-"):
             kwargs.update(bundle=str(bundle), ssorl_fraction=p.ssorl_fraction)
         train_agent(TrainAgentConfig(**kwargs))
@@ -352,7 +393,7 @@ class Workspace:
         bundle_path = self.ensure_bundle(cell.task, cell.level)
         device = setup_torch(self.cfg.device, self.p.threads)
         bundle = Bundle.load(bundle_path, device, expect_task=cell.task)
-        data = load_dataset(source)
+        data = load_dataset(source, task=cell.task)
         t0 = time.perf_counter()
         metrics = evaluate_bundle(bundle, data, n_windows=self.p.consistency_windows, seed=0)
         return {**base, "status": "done", "bundle": str(bundle_path), "bundle_dataset": bundle.meta.get("dataset"),

@@ -28,6 +28,12 @@ process, after its own chunks, checks whether all chunks are committed; the one 
 :class:`~dawm_env.data.minari_io.MinariStreamWriter` (HDF5 object copies, no decoding), which
 registers the dataset atomically. The result equals an unsharded run's, episode for episode.
 
+Locks. A run holds its output id's lock (:func:`~dawm_env.data.minari_io.dataset_lock`) from start to end:
+exclusively without shards, so a second ``dawm generate`` or ``dawm data build`` into that id fails at once;
+shared by the shards of one run, which also hold their staging folder's ``run.lock`` (shared) and a lock per
+shard, so shards with other settings, or one shard started twice, fail at once too. The OS drops every lock
+when its process dies; forked chunk writers exit with their parent.
+
 Memory. Only the seed data, the selected pair indices and one chunk of rollouts are in memory;
 writing and merging stream chunk by chunk.
 
@@ -38,6 +44,7 @@ the key) and one ``batch_size`` (the noise of a chunk is drawn batch by batch).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -45,7 +52,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -61,6 +70,9 @@ from dawm_env.data.minari_io import (
     MinariStreamWriter,
     check_dataset_output,
     dataset_exists,
+    dataset_lock,
+    remove_stale_staging,
+    restore_interrupted_overwrite,
     staging_parent,
     validate_dataset_id,
     write_episode_file,
@@ -74,7 +86,7 @@ from dawm_env.generation.rollouts import (
     validate_episodes,
 )
 from dawm_env.generation.stats import GENERATED_KIND
-from dawm_env.paths import atomic_write_json, file_sha256
+from dawm_env.paths import LockHeldError, atomic_write_json, exclusive_lock, file_sha256
 from dawm_env.runtime import resolve_device
 from dawm_env.world_model.bundle import Bundle
 
@@ -279,13 +291,42 @@ def _commit_chunk(h5: Path, marker: Path, data: OfflineDataset, infos: dict[str,
 
 def _writer_pool(workers: int) -> "Optional[ProcessPoolExecutor]":
     """A fork-based process pool for chunk files, or None (write inline) when ``workers == 0`` or fork is
-    unavailable. Fork, not spawn: the children need no torch import; they only run numpy / h5py."""
+    unavailable. Fork, not spawn: the children need no torch import; they only run numpy / h5py.
+    Each child exits when the generating process dies, even by ``kill -9`` (:func:`_writer_init`)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     if workers <= 0 or "fork" not in mp.get_all_start_methods():
         return None
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"), initializer=_writer_init,
+                               initargs=(os.getpid(),))
+
+
+#: Linux ``prctl`` option: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _writer_init(parent: int) -> None:
+    """First thing a forked chunk writer runs: make it exit when ``parent`` dies.
+
+    A pool worker waits on a pipe whose other end the orphan itself inherited, so without this it would wait
+    forever (~300 MB each) after a ``kill -9`` of the generator. Linux: ``PR_SET_PDEATHSIG`` has the kernel
+    send SIGTERM; elsewhere (and as a backstop) a thread polls ``os.getppid()``, which changes on re-parenting.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler, if any, must not outlive it here
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect: nobody will signal us
+        os._exit(1)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="dawm-writer-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int, period_s: float = 1.0) -> None:
+    """Poll until ``parent`` is no longer this process's parent, then exit at once (portable fallback)."""
+    while os.getppid() == parent:
+        time.sleep(period_s)
+    os._exit(1)
 
 
 def _safe_name(dataset_id: str) -> str:
@@ -320,13 +361,27 @@ def _try_lock(path: Path) -> Iterator[bool]:
         fh.close()
 
 
+def _shard_of(cfg: GenerateConfig) -> ShardSpec:
+    """The shard this process generates: ``cfg.shard``, else torchrun's rank, else all chunks."""
+    return ShardSpec.parse(cfg.shard) if cfg.shard is not None else ShardSpec.from_env()
+
+
+def _in_use(run_dir: Path) -> bool:
+    """Whether a live process holds the run lock of the staging folder ``run_dir``."""
+    try:
+        with exclusive_lock(run_dir / "run.lock", f"the partial run {run_dir.name}"):
+            return False
+    except LockHeldError:
+        return True
+
+
 class _Run:
     """One configured generation run and its staging folder (see the module docstring)."""
 
     def __init__(self, cfg: GenerateConfig) -> None:
 
         self.cfg = cfg
-        self.shard = ShardSpec.parse(cfg.shard) if cfg.shard is not None else ShardSpec.from_env()
+        self.shard = _shard_of(cfg)
         if cfg.restart and self.shard.count > 1:
             raise ValueError("restart cannot be combined with shards (each shard would wipe the others' work); "
                              "run once with restart and no shard, or delete the staging folder")
@@ -360,11 +415,20 @@ class _Run:
         self.chunk_dir = self.dir / "chunks"
 
     # --- staging --------------------------------------------------------------------------------
-    def prepare(self) -> None:
-        """Create (or re-open) the staging folder; remove stale runs of the same output id."""
+    def prepare(self, locks: contextlib.ExitStack) -> None:
+        """Create (or re-open) the staging folder and lock it for this run; remove stale runs of the same output id.
+
+        The caller holds the output id's lock (:func:`generate_dataset`): exclusively without shards, so every
+        other staging folder of the id is stale; shared by the shards of one run, so a folder of another
+        configuration is stale only when no process holds its run lock (else this run fails: shards of one
+        dataset need the same settings). The run lock (shared) and this shard's lock (exclusive) go on ``locks``.
+        """
         parent = self.dir.parent
-        if parent.is_dir():
-            pattern = re.compile(rf"gen-{re.escape(_safe_name(self.cfg.out))}-[0-9a-f]{{16}}")
+        parent.mkdir(parents=True, exist_ok=True)
+        safe = _safe_name(self.cfg.out)
+        # shards starting together look at and claim staging folders one at a time
+        with exclusive_lock(parent / f"gen-{safe}.gate", f"generation of {self.cfg.out}", wait=True, prune_to=parent):
+            pattern = re.compile(rf"gen-{re.escape(safe)}-[0-9a-f]{{16}}")
             for other in parent.iterdir():
                 if other == self.dir or not pattern.fullmatch(other.name):
                     continue
@@ -372,13 +436,25 @@ class _Run:
                     other_out = json.loads((other / "run.json").read_text()).get("identity", {}).get("out")
                 except (OSError, json.JSONDecodeError):
                     other_out = None  # a run that died before writing run.json
-                if other_out in (None, self.cfg.out):
-                    _log(self.cfg, f"removing stale partial run {other.name} (different configuration)")
-                    shutil.rmtree(other, ignore_errors=True)
-        if self.cfg.restart and self.dir.exists():
-            _log(self.cfg, f"restart: discarding partial run {self.dir.name}")
-            shutil.rmtree(self.dir)
-        self.chunk_dir.mkdir(parents=True, exist_ok=True)
+                if other_out not in (None, self.cfg.out):
+                    continue
+                if self.shard.count > 1 and _in_use(other):
+                    raise LockHeldError(
+                        f"another dawm generate with different settings is writing {self.cfg.out} (partial run "
+                        f"{other} in use); the shards of one dataset need the same settings: wait for it or "
+                        "choose another --out")
+                _log(self.cfg, f"removing stale partial run {other.name} (different configuration)")
+                shutil.rmtree(other, ignore_errors=True)
+            if self.cfg.restart and self.dir.exists():
+                _log(self.cfg, f"restart: discarding partial run {self.dir.name}")
+                shutil.rmtree(self.dir)
+            self.chunk_dir.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(exclusive_lock(self.dir / "run.lock", f"the partial run {self.dir.name}", shared=True))
+        if self.shard.count > 1:  # the same shard started twice would do its chunks twice
+            locks.enter_context(exclusive_lock(
+                self.dir / f"shard-{self.shard.index}-of-{self.shard.count}.lock",
+                f"shard {self.shard.index}/{self.shard.count} of {self.cfg.out}",
+                hint="each shard runs in one process: wait for it or give another --shard"))
         run_file = self.dir / "run.json"
         if not run_file.is_file():
             atomic_write_json(run_file, {"identity": self.identity, "num_chunks": self.plan.num_chunks,
@@ -559,8 +635,22 @@ def generate_dataset(config: GenerateConfig) -> str:
         FileExistsError: the output id exists and ``overwrite`` is False.
         FileNotFoundError / CheckpointError: a missing or broken bundle / seed dataset.
     """
+    shard = _shard_of(config)
+    check_dataset_output(config.out)  # a read-only root fails with its own message before any lock file is made
+    with contextlib.ExitStack() as locks:
+        # one writer per output id, held for the whole run (shared by the shards of one run): a second
+        # dawm generate / data build into this id fails now, before loading anything
+        locks.enter_context(dataset_lock(config.out, shared=shard.count > 1, flag="--out"))
+        if shard.count == 1:  # exclusive: nothing of this id is live, so tidy what killed runs left
+            restore_interrupted_overwrite(config.out)
+            remove_stale_staging(config.out)
+        return _generate_locked(config, locks)
+
+
+def _generate_locked(config: GenerateConfig, locks: contextlib.ExitStack) -> str:
+    """:func:`generate_dataset` once the output id is locked."""
     run = _Run(config)
-    run.prepare()
+    run.prepare(locks)
     rc = run.generator.config
     _log(config, f"{run.plan.num_rollouts} rollouts ({len(run.plan.pair_indices)} seed pairs x {config.repeats}), "
                  f"H={rc.horizon}, g={rc.rtg}, w={rc.guidance}, N={rc.sampling_steps}, {run.plan.num_chunks} chunk(s), "

@@ -8,6 +8,8 @@ Layout (never a pickle)::
     idm.json                  its config, validation history
     seeds.safetensors         a few thousand real (s, a) pairs and their return-to-go: start states
     bundle.json               format version, task, dataset, both configs, norm stats, evaluation metrics
+    pessimism.json            uncertainty of one dream step on real held-out transitions and the dream env's
+                              default penalty / halt threshold (optional; :mod:`.calibration`)
 
 A bundle is addressed by a folder path or by name: ``dawm_env/bundles/<name>`` (shipped with the
 package) or ``$DAWM_HOME/bundles/<name>``.
@@ -19,21 +21,19 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from dawm_env.checkpoint import CheckpointError, load_tensors, read_json_object, save_tensors
-from dawm_env.data.loading import load_dataset
 from dawm_env.data.normalization import NormStats
-from dawm_env.data.windows import returns_to_go
 from dawm_env.paths import atomic_write_json, dawm_home
 from dawm_env.runtime import resolve_device
 from dawm_env.tasks import TaskSpec, get_task
+from dawm_env.world_model.calibration import PessimismCalibration, read_calibration
 from dawm_env.world_model.config import WorldModelConfig
 from dawm_env.world_model.diffusion import GaussianDiffusion
-from dawm_env.world_model.evaluation import evaluate_bundle
 from dawm_env.world_model.idm import IDMConfig, InverseDynamics
 
 BUNDLE_FORMAT = "dawm-bundle"
@@ -221,6 +221,7 @@ class Bundle:
         seed_actions: ``(M, act_dim)`` their real actions.
         seed_rtg: ``(M,)`` their scaled return-to-go.
         meta: ``bundle.json`` contents.
+        pessimism: the ``pessimism.json`` calibration, or None when the bundle has none.
     """
 
     path: Path
@@ -232,6 +233,7 @@ class Bundle:
     seed_actions: np.ndarray
     seed_rtg: np.ndarray
     meta: dict
+    pessimism: Optional[PessimismCalibration] = None
 
     def normalize_obs(self, obs: torch.Tensor) -> torch.Tensor:
         """``(..., obs_dim)`` raw states on the models' device -> the models' normalised units."""
@@ -249,7 +251,8 @@ class Bundle:
     @torch.inference_mode()
     def sample_window(self, states: np.ndarray, actions: np.ndarray, rtg: float, rows: int,
                       generator: torch.Generator, guidance: Optional[float] = None,
-                      sampling_steps: Optional[int] = None, temperature: Optional[float] = None) -> SampledWindow:
+                      sampling_steps: Optional[int] = None, temperature: Optional[float] = None,
+                      timesteps: Optional[Sequence[int]] = None, bf16: bool = False) -> SampledWindow:
         """The world-model step: normalise, sample one window per pair, denormalise, check terminals.
 
         Args:
@@ -259,6 +262,10 @@ class Bundle:
             rows: window rows to return, ``2 .. T`` (the model's horizon ``T``).
             generator: torch RNG on the models' device (all sampling noise).
             guidance / sampling_steps / temperature: None = the world model's own.
+            timesteps: explicit diffusion steps to visit (overrides ``sampling_steps``; see
+                :meth:`GaussianDiffusion.sample`).
+            bf16: run the network under bfloat16 autocast (fast on CPUs with AVX512-BF16 / AMX and on GPUs;
+                the schedule arithmetic stays float32).
         """
         wm = self.world_model
         if not 2 <= rows <= wm.horizon:
@@ -266,8 +273,10 @@ class Bundle:
         dev = next(wm.parameters()).device
         s = torch.as_tensor(np.asarray(states, dtype=np.float32), device=dev)
         a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=dev)
-        x = wm.sample(self.normalize_obs(s), a, rtg, guidance_weight=guidance, n_steps=sampling_steps,
-                      temperature=temperature, generator=generator)[:, :rows]
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(bf16)):
+            x = wm.sample(self.normalize_obs(s), a, rtg, guidance_weight=guidance, n_steps=sampling_steps,
+                          temperature=temperature, generator=generator, timesteps=timesteps)[:, :rows]
+        x = x.float()
         o = self.task.obs_dim
         states_norm = x[..., :o]
         mean, std = self._obs_moments_on(dev)
@@ -316,7 +325,8 @@ class Bundle:
         _check_seeds(seeds, task, path / "seeds.safetensors")
         return cls(path=path, task=task, world_model=wm.to(device).eval(), idm=idm.to(device).eval(),
                    stats=stats, seed_states=seeds["states"].numpy(),
-                   seed_actions=seeds["actions"].numpy(), seed_rtg=seeds["rtg"].numpy(), meta=meta)
+                   seed_actions=seeds["actions"].numpy(), seed_rtg=seeds["rtg"].numpy(), meta=meta,
+                   pessimism=read_calibration(path))
 
 
 def _check_seeds(seeds: dict[str, torch.Tensor], task: TaskSpec, path: Path) -> None:
@@ -330,50 +340,3 @@ def _check_seeds(seeds: dict[str, torch.Tensor], task: TaskSpec, path: Path) -> 
         if tuple(seeds[k].shape) != shape or m < 1:
             raise CheckpointError(f"{path}: {k} has shape {tuple(seeds[k].shape)}, expected {shape} for "
                                   f"{task.name} (M >= 1 pairs)")
-
-
-def assemble_bundle(out: Path, num_seed_pairs: int = 4096, eval_windows: int = 1024, seed: int = 0) -> Optional[Path]:
-    """Turn a folder holding both trained components into a bundle: seeds, evaluation, ``bundle.json``.
-
-    Does nothing (returns None) while one component is missing.
-
-    Raises:
-        CheckpointError: when the two components were trained on different data or tasks.
-    """
-    out = Path(out)
-    if not ((out / "world_model.json").is_file() and (out / "idm.json").is_file()):
-        return None
-    wm_meta, idm_meta = _read_json(out / "world_model.json"), _read_json(out / "idm.json")
-    _require(wm_meta, ("task", "dataset", "dataset_fingerprint", "model_config", "norm_stats", "heldout_fraction",
-                       "split_seed", "steps"), out / "world_model.json")
-    _require(idm_meta, ("task", "dataset_fingerprint", "model_config", "steps", "best_val_nll", "best_step"),
-             out / "idm.json")
-    for key in ("task", "dataset_fingerprint"):
-        if wm_meta[key] != idm_meta[key]:
-            raise CheckpointError(f"{out}: world model and IDM were trained with different {key} "
-                                  f"({wm_meta[key]!r} vs {idm_meta[key]!r})")
-
-    data = load_dataset(wm_meta["dataset"])
-    if data.fingerprint() != wm_meta["dataset_fingerprint"]:
-        raise CheckpointError(f"dataset {wm_meta['dataset']} changed since the world model was trained on it")
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(data.num_transitions, size=min(num_seed_pairs, data.num_transitions), replace=False)
-    rtg = returns_to_go(data, wm_meta["model_config"]["gamma"])
-    save_tensors(out / ".seeds.safetensors.tmp", {
-        "states": torch.from_numpy(data.observations[idx]), "actions": torch.from_numpy(data.actions[idx]),
-        "rtg": torch.from_numpy(rtg[idx]), "index": torch.from_numpy(idx.astype(np.int64))})
-    os.replace(out / ".seeds.safetensors.tmp", out / "seeds.safetensors")
-    meta = {
-        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "task": wm_meta["task"], "dataset": wm_meta["dataset"],
-        "dataset_fingerprint": wm_meta["dataset_fingerprint"], "world_model_config": wm_meta["model_config"],
-        "idm_config": idm_meta["model_config"], "norm_stats": wm_meta["norm_stats"],
-        "heldout_fraction": wm_meta["heldout_fraction"], "split_seed": wm_meta["split_seed"],
-        "training": {"world_model_steps": wm_meta["steps"], "idm_steps": idm_meta["steps"],
-                     "idm_best_val_nll": idm_meta["best_val_nll"], "idm_best_step": idm_meta["best_step"]},
-    }
-    atomic_write_json(out / "bundle.json", meta)  # loadable from here on
-
-    bundle = Bundle.load(out)
-    meta["metrics"] = evaluate_bundle(bundle, data, n_windows=eval_windows, seed=seed)
-    atomic_write_json(out / "bundle.json", meta)
-    return out

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
@@ -60,6 +60,21 @@ def strided_timesteps(n_diffusion_steps: int, n_sampling_steps: int) -> list[int
         return [n_diffusion_steps - 1]
     steps = np.linspace(0, n_diffusion_steps - 1, n_sampling_steps).round().astype(int)
     return sorted({int(s) for s in steps})
+
+
+def check_timesteps(timesteps: Sequence[int], n_diffusion_steps: int) -> list[int]:
+    """Validate an explicit sampling schedule: strictly ascending ints in ``[0, K - 1]``, at least one.
+
+    Starting below ``K - 1`` is allowed: with few diffusion steps the last one has ``abar ~ 1e-4``, and the
+    first reverse step from there multiplies the network's noise error by ~100; starting one step lower from
+    pure noise (which is nearly what ``x_k`` is there) avoids it. Returns the list.
+    """
+    steps = [int(t) for t in timesteps]
+    if (not steps or any(isinstance(t, bool) or int(t) != t for t in timesteps)
+            or any(b <= a for a, b in zip(steps, steps[1:])) or steps[0] < 0 or steps[-1] > n_diffusion_steps - 1):
+        raise ValueError(f"sampling timesteps must be strictly ascending ints in [0, {n_diffusion_steps - 1}], "
+                         f"got {list(timesteps)!r}")
+    return steps
 
 
 class GaussianDiffusion(nn.Module):
@@ -277,6 +292,7 @@ class GaussianDiffusion(nn.Module):
         n_steps: Optional[int] = None,
         temperature: Optional[float] = None,
         generator: Optional[torch.Generator] = None,
+        timesteps: Optional[Sequence[int]] = None,
     ) -> torch.Tensor:
         """Generate windows conditioned on real ``(s_t, a_t)`` and a return-to-go target.
 
@@ -288,6 +304,8 @@ class GaussianDiffusion(nn.Module):
             n_steps: N strided reverse steps (default: the constructor's).
             temperature: noise scale (default: the constructor's).
             generator: RNG on the model's device for reproducible samples.
+            timesteps: explicit ascending diffusion step indices to visit (overrides ``n_steps``), e.g.
+                ``[0, 3]``: two reverse steps starting one below ``K - 1`` (:func:`check_timesteps`).
 
         Returns:
             ``(B, T, D)`` normalised windows; row-0 ``s_t``/``a_t`` and future actions (0) are exact.
@@ -304,7 +322,8 @@ class GaussianDiffusion(nn.Module):
 
         x = temp * torch.randn(shape, device=dev, dtype=dt, generator=generator)
         x = self.apply_conditioning(x, known)
-        taus = strided_timesteps(self.n_diffusion_steps, n)
+        taus = (check_timesteps(timesteps, self.n_diffusion_steps) if timesteps is not None
+                else strided_timesteps(self.n_diffusion_steps, n))
         low, high = self.x0_low.to(dt), self.x0_high.to(dt)
         clip = bool(torch.isfinite(low).any() or torch.isfinite(high).any())  # one sync per call
         for i in reversed(range(len(taus))):

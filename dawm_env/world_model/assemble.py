@@ -1,0 +1,87 @@
+"""Assemble a bundle from its two trained components: seed pairs, held-out evaluation, pessimism calibration.
+
+Called when the second of the two training commands (world model, IDM) finishes into the same folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dawm_env.checkpoint import CheckpointError, save_tensors
+from dawm_env.data.loading import load_dataset
+from dawm_env.data.records import OfflineDataset
+from dawm_env.data.windows import returns_to_go
+from dawm_env.paths import atomic_write_json
+from dawm_env.world_model.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, Bundle, _read_json, _require
+from dawm_env.world_model.data import heldout_episodes
+from dawm_env.world_model.evaluation import evaluate_bundle
+from dawm_env.world_model.uncertainty import calibrate_pessimism
+
+
+def assemble_bundle(out: Path, num_seed_pairs: int = 4096, eval_windows: int = 1024, seed: int = 0,
+                    calibration_transitions: int = 20_000) -> Optional[Path]:
+    """Turn a folder holding both trained components into a bundle: seeds, evaluation, ``bundle.json``,
+    ``pessimism.json``.
+
+    Does nothing (returns None) while one component is missing.
+
+    Raises:
+        CheckpointError: when the two components were trained on different data or tasks.
+    """
+    out = Path(out)
+    if not ((out / "world_model.json").is_file() and (out / "idm.json").is_file()):
+        return None
+    wm_meta, idm_meta = _read_json(out / "world_model.json"), _read_json(out / "idm.json")
+    _require(wm_meta, ("task", "dataset", "dataset_fingerprint", "model_config", "norm_stats", "heldout_fraction",
+                       "split_seed", "steps"), out / "world_model.json")
+    _require(idm_meta, ("task", "dataset_fingerprint", "model_config", "steps", "best_val_nll", "best_step"),
+             out / "idm.json")
+    for key in ("task", "dataset_fingerprint"):
+        if wm_meta[key] != idm_meta[key]:
+            raise CheckpointError(f"{out}: world model and IDM were trained with different {key} "
+                                  f"({wm_meta[key]!r} vs {idm_meta[key]!r})")
+
+    data = load_dataset(wm_meta["dataset"])
+    if data.fingerprint() != wm_meta["dataset_fingerprint"]:
+        raise CheckpointError(f"dataset {wm_meta['dataset']} changed since the world model was trained on it")
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(data.num_transitions, size=min(num_seed_pairs, data.num_transitions), replace=False)
+    rtg = returns_to_go(data, wm_meta["model_config"]["gamma"])
+    save_tensors(out / ".seeds.safetensors.tmp", {
+        "states": torch.from_numpy(data.observations[idx]), "actions": torch.from_numpy(data.actions[idx]),
+        "rtg": torch.from_numpy(rtg[idx]), "index": torch.from_numpy(idx.astype(np.int64))})
+    os.replace(out / ".seeds.safetensors.tmp", out / "seeds.safetensors")
+    meta = {
+        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "task": wm_meta["task"], "dataset": wm_meta["dataset"],
+        "dataset_fingerprint": wm_meta["dataset_fingerprint"], "world_model_config": wm_meta["model_config"],
+        "idm_config": idm_meta["model_config"], "norm_stats": wm_meta["norm_stats"],
+        "heldout_fraction": wm_meta["heldout_fraction"], "split_seed": wm_meta["split_seed"],
+        "training": {"world_model_steps": wm_meta["steps"], "idm_steps": idm_meta["steps"],
+                     "idm_best_val_nll": idm_meta["best_val_nll"], "idm_best_step": idm_meta["best_step"]},
+    }
+    atomic_write_json(out / "bundle.json", meta)  # loadable from here on
+
+    bundle = Bundle.load(out)
+    meta["metrics"] = evaluate_bundle(bundle, data, n_windows=eval_windows, seed=seed)
+    atomic_write_json(out / "bundle.json", meta)
+    write_calibration(bundle, data, transitions=calibration_transitions, seed=seed)
+    return out
+
+
+def write_calibration(bundle: Bundle, data: OfflineDataset, transitions: int = 20_000, seed: int = 0) -> Path:
+    """Measure the dream env's pessimism defaults and write ``pessimism.json`` into the bundle folder.
+
+    On the bundle's own training data only its held-out episodes are used (the same ones as its metrics);
+    other data of the task is used whole.
+    """
+    episodes = None
+    if data.fingerprint() == bundle.meta.get("dataset_fingerprint"):
+        held = heldout_episodes(data, float(bundle.meta["heldout_fraction"]), int(bundle.meta["split_seed"]))
+        episodes = held if held.any() else None
+    calibration = calibrate_pessimism(bundle, data, transitions=transitions, seed=seed, episodes=episodes)
+    return calibration.write(bundle.path)

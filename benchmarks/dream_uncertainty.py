@@ -62,8 +62,10 @@ def main() -> None:
     p.add_argument("--bundle", default="hopper-medium")
     p.add_argument("--dataset", required=True, help="real data of the bundle's task (held-out episodes are used)")
     p.add_argument("--states", type=int, default=2000, help="real start states per action kind")
-    p.add_argument("--settings", nargs="*", default=["1.2:3", "1.0:3", "1.2:2", "1.0:2", "1.0:1"],
-                   help="guidance:sampling_steps settings whose one-step error on data actions is measured")
+    p.add_argument("--settings", nargs="*",
+                   default=["1.2:3", "1.0:3", "1.0:0,3", "1.0:0,1,2,3,4", "1.0:0,4", "1.0:2,4", "1.0:2,", "1.0:3,"],
+                   help="guidance:N (N evenly strided steps) or guidance:t0,t1,.. (explicit diffusion steps) settings "
+                        "whose one-step error on data actions is measured")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     add_out_argument(p, "dream_uncertainty")
@@ -127,12 +129,17 @@ def main() -> None:
     settings = {}
     real_next, _, _ = real_step_from(task, s, a_data)
     for text in args.settings:
-        w, n_steps = text.split(":")
-        step = dream_transition(bundle, s, a_data, rtg, gen, (), guidance=float(w), sampling_steps=int(n_steps))
+        w, sched = text.split(":")
+        if "," in sched:
+            steps = [int(t) for t in sched.split(",") if t]
+            kw = {"timesteps": steps}
+        else:
+            kw = {"sampling_steps": int(sched)}
+        step = dream_transition(bundle, s, a_data, rtg, gen, (), guidance=float(w), **kw)
         e = (((step.next_states - real_next) / std) ** 2).mean(-1)
-        settings[text] = {"guidance_weight": float(w), "sampling_steps": int(n_steps), "state_mse": float(e.mean()),
+        settings[text] = {"guidance_weight": float(w), **kw, "state_mse": float(e.mean()),
                           "state_mse_median": float(np.median(e))}
-        print(f"w = {w}, N = {n_steps}: one-step state MSE on data actions {e.mean():.4f} (median {np.median(e):.4f})")
+        print(f"w = {w}, {kw}: one-step state MSE on data actions {e.mean():.4f} (median {np.median(e):.4f})")
 
     save_results(args.out, "dream_uncertainty", {
         "bundle": str(bundle.path), "dataset": args.dataset, "states": int(len(idx)), "rtg_target": rtg,

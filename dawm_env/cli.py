@@ -317,6 +317,21 @@ def evaluate_cmd(
     typer.echo(json.dumps(result, indent=2))
 
 
+@app.command("export")
+def export_cmd(
+    run_dir: str = typer.Argument(..., help="Agent run folder (dawm train agent --out)."),
+    out: str = typer.Option(..., help="TorchScript file to write (never overwritten)."),
+    seed: Optional[int] = typer.Option(None, help="Which seed's policy (default: the first)."),
+) -> None:
+    """Export one seed's policy as TorchScript: torch.jit.load(OUT)(obs) -> actions, no dawm needed to run it."""
+    from dawm_env.agents.export import export_torchscript
+
+    try:
+        typer.echo(str(export_torchscript(run_dir, out, seed=seed)))
+    except _EXPECTED as err:
+        _fail(err)
+
+
 @app.command("demo")
 def demo_cmd(
     out: str = typer.Option("runs/dawm-demo", help="Run folder (rerun the same command to resume / reuse)."),

@@ -39,6 +39,26 @@ def halfcheetah_random() -> OfflineDataset:
                                progress=False)
 
 
+def cli(*args: object):
+    """Invoke the ``dawm`` CLI in-process with ``args`` (converted to str); returns typer's result."""
+    from typer.testing import CliRunner
+
+    from dawm_env.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(res, *needles: str) -> str:
+    """Exit code 2, no traceback, and exactly one ``error:`` line holding every needle; returns the line."""
+    assert res.exit_code == 2, (res.exit_code, res.output, repr(res.exception))
+    assert "Traceback" not in res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, res.output
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
 def assert_same_data(a: OfflineDataset, b: OfflineDataset) -> None:
     """Transition-for-transition equality, including episode boundaries and flags."""
     np.testing.assert_array_equal(a.episode_offsets, b.episode_offsets)

@@ -21,31 +21,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from conftest import assert_one_line_error, cli
 
 from dawm_env.checkpoint import CheckpointError, load_tensors, save_tensors
-from dawm_env.cli import app
 from dawm_env.data.loading import load_dataset, save_npz
 from dawm_env.data.minari_io import check_dataset_output, validate_dataset_id
 from dawm_env.paths import check_writable_dir
 from dawm_env.world_model.bundle import CONFIG_METADATA_KEY, SHIPPED_DIR, Bundle, scan_bundles
-
-runner = CliRunner()
-
-
-def _cli(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _assert_one_line_error(res, *needles: str) -> str:
-    """Exit code 2, no traceback, and exactly one ``error:`` line holding every needle."""
-    assert res.exit_code == 2, (res.exit_code, res.output, repr(res.exception))
-    assert "Traceback" not in res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, res.output
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
 
 
 @pytest.fixture
@@ -108,9 +90,9 @@ def test_read_only_folder_is_refused(tmp_path):
     ("", "empty"), ("  ", "empty"), ("a/b/c/d-v0", "namespace 'a'"), ("hopper-medium", "version suffix"),
 ])
 def test_data_build_refuses_bad_ids_before_rolling_out(no_work, dataset_id, needle):
-    res = _cli("data", "build", "--task", "hopper", "--level", "random", "--steps", 20, "--id", dataset_id,
+    res = cli("data", "build", "--task", "hopper", "--level", "random", "--steps", 20, "--id", dataset_id,
                "--no-progress")
-    _assert_one_line_error(res, needle)
+    assert_one_line_error(res, needle)
     assert not (Path(os.environ["MINARI_DATASETS_PATH"]) / "dawm-d4rl").exists()  # no canonical id instead
 
 
@@ -119,13 +101,13 @@ def test_unwritable_minari_root_fails_before_building_or_generating(no_work, tmp
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "file" / "minari"))
     with pytest.raises(ValueError, match="MINARI_DATASETS_PATH"):
         check_dataset_output("test/hopper/x-v0")
-    res = _cli("data", "build", "--task", "hopper", "--level", "random", "--steps", 20, "--no-progress")
-    _assert_one_line_error(res, "Minari root", "set MINARI_DATASETS_PATH to a writable folder")
-    res = _cli("generate", "--bundle", "hopper-medium", "--seed-dataset", "unused.npz", "--out", "test/hopper/g-v0",
+    res = cli("data", "build", "--task", "hopper", "--level", "random", "--steps", 20, "--no-progress")
+    assert_one_line_error(res, "Minari root", "set MINARI_DATASETS_PATH to a writable folder")
+    res = cli("generate", "--bundle", "hopper-medium", "--seed-dataset", "unused.npz", "--out", "test/hopper/g-v0",
                "--no-progress")
-    _assert_one_line_error(res, "Minari root")
-    res = _cli("generate", "--bundle", "hopper-medium", "--seed-dataset", "unused.npz", "--out", "", "--no-progress")
-    _assert_one_line_error(res, "empty")
+    assert_one_line_error(res, "Minari root")
+    res = cli("generate", "--bundle", "hopper-medium", "--seed-dataset", "unused.npz", "--out", "", "--no-progress")
+    assert_one_line_error(res, "empty")
 
 
 @pytest.mark.parametrize("command", [
@@ -137,8 +119,8 @@ def test_unwritable_minari_root_fails_before_building_or_generating(no_work, tmp
 ])
 def test_unwritable_out_fails_before_any_work(no_work, tmp_path, command):
     (tmp_path / "file").write_text("x")
-    res = _cli(*command, "--out", tmp_path / "file" / "out", "--no-progress")
-    _assert_one_line_error(res, "cannot write --out", "is not a folder")
+    res = cli(*command, "--out", tmp_path / "file" / "out", "--no-progress")
+    assert_one_line_error(res, "cannot write --out", "is not a folder")
 
 
 # --- 2. degenerate training arguments --------------------------------------------------------------------
@@ -157,8 +139,8 @@ def test_unwritable_out_fails_before_any_work(no_work, tmp_path, command):
 ])
 def test_degenerate_training_arguments_fail_and_write_nothing(no_work, tmp_path, command, needle):
     out = tmp_path / "out"
-    res = _cli("train", command[0], "--dataset", "unused.npz", "--out", out, *command[1:], "--no-progress")
-    _assert_one_line_error(res, needle)
+    res = cli("train", command[0], "--dataset", "unused.npz", "--out", out, *command[1:], "--no-progress")
+    assert_one_line_error(res, needle)
     assert not out.exists()
 
 
@@ -211,14 +193,14 @@ def test_broken_bundles_are_named_and_listed_not_crashed():
         Bundle.load(root / "no-task")
     with pytest.raises(CheckpointError, match="norm_stats"):
         Bundle.load("no-norm")
-    res = _cli("bundle", "info", "no-task")
-    _assert_one_line_error(res, "bundle.json", "'task'")
+    res = cli("bundle", "info", "no-task")
+    assert_one_line_error(res, "bundle.json", "'task'")
 
     status = {path.name: problem for path, _, problem in scan_bundles()}
     assert status["good"] is None and status["hopper-medium"] is None
     assert "'task'" in status["no-task"] and "not valid JSON" in status["bad-json"]
     assert "no bundle.json" in status["half"]
-    listing = _cli("bundle", "list")
+    listing = cli("bundle", "list")
     assert listing.exit_code == 0, listing.output
     lines = {line.split()[0]: line for line in listing.output.splitlines() if line.strip()}
     assert "BROKEN" in lines["no-task"] and "BROKEN" in lines["bad-json"] and "BROKEN" in lines["half"]
@@ -242,9 +224,9 @@ def test_non_finite_rtg_is_refused_up_front(no_work):
     from dawm_env.generation.rollouts import RolloutConfig
 
     for flag, value in (("--rtg", "nan"), ("--rtg", "inf"), ("--guidance", "nan")):
-        res = _cli("generate", "--bundle", "hopper-medium", "--seed-dataset", "unused.npz",
+        res = cli("generate", "--bundle", "hopper-medium", "--seed-dataset", "unused.npz",
                    "--out", "test/hopper/g-v0", flag, value, "--no-progress")
-        line = _assert_one_line_error(res, f"{flag} must be a finite number")
+        line = assert_one_line_error(res, f"{flag} must be a finite number")
         assert "bundle" not in line.replace("the bundle's", "")  # not blamed on the bundle
     with pytest.raises(ValueError, match="--rtg must be a finite number"):
         RolloutConfig(rtg=float("nan"))
@@ -270,10 +252,10 @@ def test_device_cuda_without_cuda_is_one_line(no_work, monkeypatch, tmp_path, co
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = [str(a).replace("{tmp}", str(tmp_path)) for a in command]
     no_progress = [] if args[0] == "evaluate" else ["--no-progress"]
-    res = _cli(*args, "--device", "cuda", *no_progress)
-    _assert_one_line_error(res, "CUDA is not available", "use --device cpu")
-    res = _cli(*args, "--device", "tpu", *no_progress)
-    _assert_one_line_error(res, "is not a torch device")
+    res = cli(*args, "--device", "cuda", *no_progress)
+    assert_one_line_error(res, "CUDA is not available", "use --device cpu")
+    res = cli(*args, "--device", "tpu", *no_progress)
+    assert_one_line_error(res, "is not a torch device")
 
 
 @pytest.fixture
@@ -333,12 +315,12 @@ def test_other_bad_inputs_are_one_line_errors(bad_files, command, needle):
     args = [a.format(**bad_files) for a in command]
     if args[0] not in ("bundle", "evaluate") and args[:2] != ["data", "info"]:
         args.append("--no-progress")
-    _assert_one_line_error(_cli(*args), needle)
+    assert_one_line_error(cli(*args), needle)
 
 
 def test_data_list_with_an_unusable_root_is_one_line(bad_files, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", f"{bad_files['file']}/minari")
-    _assert_one_line_error(_cli("data", "list"), "Not a directory")
+    assert_one_line_error(cli("data", "list"), "Not a directory")
 
 
 # --- 4. silent wrong results in loading ---------------------------------------------------------------------
@@ -368,7 +350,7 @@ def test_bundle_config_edited_away_from_its_weights_fails_to_load(bundle_copy):
         with pytest.raises(CheckpointError, match=needle):
             Bundle.load(bundle_copy)
         bundle_json.write_text(original)
-    res = _cli("bundle", "info", bundle_copy)
+    res = cli("bundle", "info", bundle_copy)
     assert res.exit_code == 0, res.output
 
 

@@ -26,3 +26,17 @@ def test_train_agent_and_evaluate_cli(hopper_random, tmp_path):
     assert (out / "evaluation.json").is_file()
     bad = CliRunner().invoke(app, ["train", "agent", "--algo", "sac", "--dataset", str(data), "--out", str(out)])
     assert bad.exit_code == 2 and "sac" in bad.output
+    # one seed's policy as TorchScript, equal to that seed's actions in the run
+    import numpy as np
+    import torch
+
+    from dawm_env.agents.train import load_agent
+
+    ex = CliRunner().invoke(app, ["export", str(out), "--out", str(tmp_path / "p.pt")])
+    assert ex.exit_code == 0, ex.output
+    agent, _ = load_agent(out)
+    obs = hopper_random.observations[:4]
+    want = agent.act(torch.from_numpy(obs).expand(agent.k, -1, -1)).numpy()[0]
+    np.testing.assert_allclose(torch.jit.load(str(tmp_path / "p.pt"))(torch.from_numpy(obs)).numpy(), want, atol=1e-5)
+    again = CliRunner().invoke(app, ["export", str(out), "--out", str(tmp_path / "p.pt")])
+    assert again.exit_code == 2 and "exists" in again.output

@@ -26,11 +26,9 @@ import h5py
 import minari
 import numpy as np
 import pytest
-from conftest import assert_same_data
-from typer.testing import CliRunner
+from conftest import assert_one_line_error, assert_same_data, cli
 
 import dawm_env.data.build as build
-from dawm_env.cli import app
 from dawm_env.data import minari_io
 from dawm_env.data.loading import load_dataset, save_npz
 from dawm_env.data.minari_io import (
@@ -45,23 +43,6 @@ from dawm_env.generation import GenerateConfig, generate_dataset
 from dawm_env.paths import LockHeldError, dawm_home, exclusive_lock, minari_root
 from dawm_env.tasks import get_task
 from dawm_env.world_model.bundle import Bundle
-
-runner = CliRunner()
-
-
-def _cli(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_error_line(res, *needles: str) -> str:
-    """Exit code 2, no traceback, exactly one ``error:`` line holding every needle."""
-    assert res.exit_code == 2, (res.exit_code, res.output, repr(res.exception))
-    assert "Traceback" not in res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, res.output
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
 
 
 def _python(code: str, *args: str, **kw) -> subprocess.Popen:
@@ -154,13 +135,13 @@ def test_a_second_writer_of_one_id_fails_at_once_and_the_first_finishes(tmp_path
     try:
         _wait_for_line(first, "collecting")  # the first build holds the lock and is working
         # a second build (other settings), a generate and a combine into the same id all fail before any work
-        second = _cli("data", "build", "--task", "hopper", "--level", "random", "--steps", "300", "--id", dataset_id,
+        second = cli("data", "build", "--task", "hopper", "--level", "random", "--steps", "300", "--id", dataset_id,
                       "--overwrite", "--no-progress")
-        _one_error_line(second, f"another dawm run is writing dataset {dataset_id}", f"held by pid {first.pid}",
+        assert_one_line_error(second, f"another dawm run is writing dataset {dataset_id}", f"held by pid {first.pid}",
                         "choose another --id")
-        gen = _cli("generate", "--bundle", "hopper-medium", "--seed-dataset", "x.npz", "--out", dataset_id,
+        gen = cli("generate", "--bundle", "hopper-medium", "--seed-dataset", "x.npz", "--out", dataset_id,
                    "--no-progress")
-        _one_error_line(gen, f"writing dataset {dataset_id}", "choose another --out")
+        assert_one_line_error(gen, f"writing dataset {dataset_id}", "choose another --out")
         with pytest.raises(LockHeldError, match="another dawm run is writing"):
             write_minari_dataset(_tiny(), dataset_id,
                                  algorithm_name="t", description="t", provenance={})
@@ -253,7 +234,7 @@ def test_an_interrupted_overwrite_never_loses_the_id():
     assert not old.exists()
 
     _kill_during_overwrite(dataset_id)
-    listing = _cli("data", "list")
+    listing = cli("data", "list")
     assert listing.exit_code == 0 and dataset_id in listing.output  # so does `dawm data list`
 
     # killed after the new one was moved in: both exist; the next writer of the id removes the old copy
@@ -305,7 +286,7 @@ def test_the_flat_cache_keeps_one_copy_and_forgets_deleted_datasets(monkeypatch)
     write_minari_dataset(new, dataset_id, algorithm_name="t", description="t", provenance={})
     load_dataset(dataset_id)
     shutil.rmtree(minari_root() / dataset_id)
-    assert _cli("data", "list").exit_code == 0
+    assert cli("data", "list").exit_code == 0
     assert caches() == []  # `dawm data list` drops caches of deleted datasets too
 
 
@@ -394,16 +375,16 @@ def test_data_info_reads_d4rl_hdf5_and_npz_files(tmp_path, hopper_random):
     recorded = tmp_path / "saved.npz"  # save_npz records the task
     save_npz(hopper_random, recorded)
     for path, extra in ((h5, ["--task", "hopper"]), (bare, ["--task", "hopper"]), (recorded, [])):
-        res = _cli("data", "info", path, *extra)
+        res = cli("data", "info", path, *extra)
         assert res.exit_code == 0, res.output
         assert f"dataset:      {path}" in res.output and "task:         hopper" in res.output
         assert f"transitions:  {hopper_random.num_transitions}" in res.output
-        parsed = json.loads(_cli("data", "info", path, *extra, "--json").output)
+        parsed = json.loads(cli("data", "info", path, *extra, "--json").output)
         assert parsed["episodes"] == hopper_random.num_episodes and parsed["generation"] is None
     for path in (h5, bare):
-        _one_error_line(_cli("data", "info", path), "does not record its task", "--task", "hopper")
-    _one_error_line(_cli("data", "info", h5, "--task", "halfcheetah"), "--task")  # wrong dimensions
-    _one_error_line(_cli("data", "info", tmp_path / "missing.hdf5"), "does not exist")
+        assert_one_line_error(cli("data", "info", path), "does not record its task", "--task", "hopper")
+    assert_one_line_error(cli("data", "info", h5, "--task", "halfcheetah"), "--task")  # wrong dimensions
+    assert_one_line_error(cli("data", "info", tmp_path / "missing.hdf5"), "does not exist")
 
 
 # --- 5. dawm data combine -------------------------------------------------------------------------------------
@@ -415,7 +396,7 @@ def test_combine_keeps_scores_eval_env_provenance_and_infos(hopper_random):
     infos = {"seed_index": np.arange(extra.num_transitions, dtype=np.int64)}
     write_minari_dataset(extra, other, algorithm_name="DAWM", description="t", provenance={"kind": "generated"},
                          step_infos=infos)
-    res = _cli("data", "combine", real, other, "--id", "test/hopper/both-v0")
+    res = cli("data", "combine", real, other, "--id", "test/hopper/both-v0")
     assert res.exit_code == 0, res.output
     assert res.output.strip().splitlines()[-1] == "test/hopper/both-v0"
 
@@ -444,22 +425,22 @@ def test_combine_refuses_what_it_cannot_combine(hopper_random, halfcheetah_rando
     write_minari_dataset(_tiny(), "test/hopper/b-v0", algorithm_name="t", description="t", provenance={})
     write_minari_dataset(halfcheetah_random, "test/halfcheetah/c-v0", algorithm_name="t", description="t",
                          provenance={})
-    _one_error_line(_cli("data", "combine", "test/hopper/a-v0", "test/halfcheetah/c-v0", "--id", "test/x/y-v0"),
+    assert_one_line_error(cli("data", "combine", "test/hopper/a-v0", "test/halfcheetah/c-v0", "--id", "test/x/y-v0"),
                     "must be of one task", "hopper", "halfcheetah")
-    _one_error_line(_cli("data", "combine", "test/hopper/a-v0", "--id", "test/x/y-v0"), "at least two")
-    _one_error_line(_cli("data", "combine", "test/hopper/a-v0", "test/hopper/b-v0", "--id", "test/hopper/a-v0"),
+    assert_one_line_error(cli("data", "combine", "test/hopper/a-v0", "--id", "test/x/y-v0"), "at least two")
+    assert_one_line_error(cli("data", "combine", "test/hopper/a-v0", "test/hopper/b-v0", "--id", "test/hopper/a-v0"),
                     "is one of the inputs")
-    _one_error_line(_cli("data", "combine", "test/hopper/a-v0", "test/hopper/nope-v0", "--id", "test/x/y-v0"),
+    assert_one_line_error(cli("data", "combine", "test/hopper/a-v0", "test/hopper/nope-v0", "--id", "test/x/y-v0"),
                     "test/hopper/nope-v0", "not on disk")
-    _one_error_line(_cli("data", "combine", "test/hopper/a-v0", "test/hopper/b-v0", "--id", "bad id"),
+    assert_one_line_error(cli("data", "combine", "test/hopper/a-v0", "test/hopper/b-v0", "--id", "bad id"),
                     "invalid Minari dataset id")
-    assert _cli("data", "combine", "test/hopper/a-v0", "test/hopper/b-v0", "--id", "test/x/y-v0").exit_code == 0
-    _one_error_line(_cli("data", "combine", "test/hopper/a-v0", "test/hopper/b-v0", "--id", "test/x/y-v0"),
+    assert cli("data", "combine", "test/hopper/a-v0", "test/hopper/b-v0", "--id", "test/x/y-v0").exit_code == 0
+    assert_one_line_error(cli("data", "combine", "test/hopper/a-v0", "test/hopper/b-v0", "--id", "test/x/y-v0"),
                     "already exists", "--overwrite")
-    assert _cli("data", "combine", "test/hopper/b-v0", "test/hopper/a-v0", "--id", "test/x/y-v0",
+    assert cli("data", "combine", "test/hopper/b-v0", "test/hopper/a-v0", "--id", "test/x/y-v0",
                 "--overwrite").exit_code == 0
     with _lock_held_elsewhere("test/x/z-v0") as pid:
-        _one_error_line(_cli("data", "combine", "test/hopper/a-v0", "test/hopper/b-v0", "--id", "test/x/z-v0"),
+        assert_one_line_error(cli("data", "combine", "test/hopper/a-v0", "test/hopper/b-v0", "--id", "test/x/z-v0"),
                         "another dawm run is writing dataset test/x/z-v0", f"pid {pid}", "--id")
     assert sorted(minari.list_local_datasets()) == ["test/halfcheetah/c-v0", "test/hopper/a-v0", "test/hopper/b-v0",
                                                     "test/x/y-v0"]

@@ -102,7 +102,8 @@ def staging_parent() -> Path:
 
 
 # --- one writer per dataset id, and what interrupted writers leave behind ------------------------------
-def dataset_lock(dataset_id: str, *, shared: bool = False, flag: Optional[str] = None) -> ContextManager[Path]:
+def dataset_lock(dataset_id: str, *, shared: bool = False, flag: Optional[str] = None,
+                 wait: bool = False) -> ContextManager[Path]:
     """The lock every dawm writer of ``dataset_id`` holds for its whole run: one writer per output id.
 
     An advisory ``flock`` on ``<Minari root>/.locks/<dataset id>.lock`` (hidden: Minari skips it), dropped by
@@ -113,12 +114,14 @@ def dataset_lock(dataset_id: str, *, shared: bool = False, flag: Optional[str] =
         dataset_id: the output id.
         shared: a shared lock, held by each shard of one ``dawm generate`` run (they write one dataset together).
         flag: the option that names the id, for the message (``--id``, ``--out``).
+        wait: block until the lock is free instead of failing (``dawm experiment``: a prerequisite another
+            process is creating is waited for, then reused).
 
     Raises:
-        paths.LockHeldError: (an OSError, one line) another process holds it.
+        paths.LockHeldError: (an OSError, one line) another process holds it and ``wait`` is False.
     """
     root = minari_root() / ".locks"
-    return exclusive_lock(root / f"{dataset_id}.lock", f"dataset {dataset_id}", shared=shared, prune_to=root,
+    return exclusive_lock(root / f"{dataset_id}.lock", f"dataset {dataset_id}", shared=shared, wait=wait, prune_to=root,
                           hint=f"wait for it to finish or choose another {flag or 'dataset id'}")
 
 
@@ -514,14 +517,20 @@ class MinariStreamWriter:
         n_eps, n_steps = read_episode_file_counts(path)
         src = h5py.h5f.open(str(path).encode(), h5py.h5f.ACC_RDONLY)
         try:
-            for j in range(n_eps):
-                k = self.num_episodes + j
-                name = f"episode_{k}".encode()
-                h5py.h5o.copy(src, f"episode_{j}".encode(), self._fid, name)
-                gid = h5py.h5g.open(self._fid, name)
-                h5py.h5a.open(gid, b"id").write(np.array(k, dtype=np.int64))
+            self._copy_episode_groups(src, n_eps, n_steps)
         finally:
             src.close()
+
+    def _copy_episode_groups(self, src: Any, n_eps: int, n_steps: int) -> None:
+        """Copy ``episode_0 .. episode_{n_eps-1}`` of the open HDF5 file ``src`` after the current episodes."""
+        import h5py
+
+        for j in range(n_eps):
+            k = self.num_episodes + j
+            name = f"episode_{k}".encode()
+            h5py.h5o.copy(src, f"episode_{j}".encode(), self._fid, name)
+            gid = h5py.h5g.open(self._fid, name)
+            h5py.h5a.open(gid, b"id").write(np.array(k, dtype=np.int64))  # Minari's episode id = its new index
         self.num_episodes += n_eps
         self.num_steps += n_steps
 
@@ -531,7 +540,6 @@ class MinariStreamWriter:
         HDF5 datasets are copied group by group (no decoding; per-step infos and seeds kept); other storage
         formats are read through Minari and re-written (their infos are not kept).
         """
-        import h5py
         import minari
 
         self._check_open()
@@ -546,16 +554,9 @@ class MinariStreamWriter:
             return
         src = _open_hdf5(path)
         try:
-            for j in range(ds.total_episodes):
-                k = self.num_episodes + j
-                name = f"episode_{k}".encode()
-                h5py.h5o.copy(src, f"episode_{j}".encode(), self._fid, name)
-                gid = h5py.h5g.open(self._fid, name)
-                h5py.h5a.open(gid, b"id").write(np.array(k, dtype=np.int64))
+            self._copy_episode_groups(src, int(ds.total_episodes), int(ds.total_steps))
         finally:
             src.close()
-        self.num_episodes += int(ds.total_episodes)
-        self.num_steps += int(ds.total_steps)
 
     # --- finishing ----------------------------------------------------------------------------
     def finalize(self, provenance: Optional[dict] = None, extra_metadata: Optional[Mapping[str, Any]] = None) -> str:

@@ -146,9 +146,6 @@ def minari_root_at(root: Path) -> Iterator[None]:
 class LockHeldError(OSError):
     """Another process holds the lock :func:`exclusive_lock` was asked for (the message says who and what to do)."""
 
-    holders: str = "another process"
-    """Who holds it, ``pid N`` when the lock file names a live local process (for messages)."""
-
 
 #: Lock files this process holds -> nested re-acquisitions: a nested request for a lock the process already
 #: holds (a dataset writer inside ``dawm generate``, which locked the id first) succeeds at once.
@@ -258,10 +255,8 @@ def _acquire(path: Path, what: str, shared: bool, wait: bool, hint: str) -> int:
             os.close(fd)
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            holders = _lock_holders(path)
-            held = LockHeldError(f"another dawm run is writing {what} (lock {path} held by {holders}); {hint}")
-            held.holders = holders
-            raise held from None
+            raise LockHeldError(f"another dawm run is writing {what} (lock {path} held by {_lock_holders(path)}); "
+                                f"{hint}") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:

@@ -8,7 +8,6 @@ Output root ``OUT`` (default ``$DAWM_HOME/experiments/<preset>``), shared by eve
     OUT/cells/<key>.json            a finished cell's record: written last, it marks the cell done
     OUT/runs/<key>/                 the cell's agent run (checkpoint, curves, results): resumes after a kill
     OUT/bundles/<task>-<level>/     bundles trained here because none existed
-    OUT/locks/                      claims of cells and of bundles being trained (flock; gone when released)
 
 A cell's ``key`` hashes everything that decides its result except the step budget (so raising ``agent_steps``
 continues the runs); identical cells of different experiments share their key, run and record. A killed
@@ -30,22 +29,10 @@ What a cell needs is created when missing:
 
 Keys of cells that use a bundle cover the bundle's content (sha256 of its files): a bundle retrained or changed
 in place makes those cells unfinished again instead of reporting results made with the old one.
-
-Parallel runs. Any number of processes may run the same experiment on one ``OUT`` at once (on one machine, or on
-several sharing a filesystem with working POSIX ``flock``). A process claims a cell with a non-blocking lock on
-``OUT/locks/cells/<key>.lock``, held while it runs the cell, skips cells another live process holds and moves on;
-the OS drops a claim when its holder dies (even by ``kill -9``), so a rerun takes over. A prerequisite being created
-(real or generated data: the dataset id's own writer lock, :func:`~dawm_env.data.minari_io.dataset_lock`; a
-bundle being trained here: ``OUT/locks/bundle-*.lock``) is waited for (a blocking lock, then the existence is
-checked again and the other process's result reused), never built twice; cells whose prerequisite another
-process is creating are put off to the end of the pass, so that others run meanwhile. Each process rewrites the
-report at its end, under ``OUT/locks/report-<experiment>.lock``, from the records on disk at that moment (cells
-still claimed by others are ``pending`` with ``held_by``), so the last to finish leaves the complete report.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -54,27 +41,19 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, ContextManager, Optional
+from typing import Callable, Optional
 
 from dawm_env.agents.train import TrainAgentConfig, train_agent
 from dawm_env.data.build import BuildConfig, build_dataset, default_dataset_id
 from dawm_env.data.loading import is_dataset_file, load_dataset
-from dawm_env.data.minari_io import dataset_exists, dataset_lock, read_provenance
+from dawm_env.data.minari_io import dataset_exists, read_provenance
 from dawm_env.experiments.presets import ExperimentPreset
 from dawm_env.experiments.registry import Cell, Experiment, get_experiment
 from dawm_env.experiments.report import write_experiment_report
 from dawm_env.generation import GenerateConfig, bundle_hash, generate_dataset
 from dawm_env.generation.rollouts import check_rtg
 from dawm_env.generation.stats import GENERATED_KIND
-from dawm_env.paths import (
-    LockHeldError,
-    atomic_write_json,
-    check_writable_dir,
-    dawm_home,
-    exclusive_lock,
-    file_sha256,
-    minari_root,
-)
+from dawm_env.paths import atomic_write_json, check_writable_dir, dawm_home, file_sha256, minari_root
 from dawm_env.runtime import resolve_device, setup_torch
 from dawm_env.tasks import LEVELS, get_task
 from dawm_env.training.idm import IDMTrainConfig, train_idm
@@ -90,9 +69,9 @@ from dawm_env.world_model.evaluation import evaluate_bundle
 log = logging.getLogger(__name__)
 
 EXP_NAMESPACE = "dawm-exp"
-CELLS_DIR, RUNS_DIR, BUNDLES_DIR, LOCKS_DIR = "cells", "runs", "bundles", "locks"
-#: Status of a cell record. ``done``: finished (stored); ``pending``: not run yet (``max_cells``; ``held_by``
-#: set: another process is running it); ``skipped``: optional input missing.
+CELLS_DIR, RUNS_DIR, BUNDLES_DIR = "cells", "runs", "bundles"
+#: Status of a cell record. ``done``: finished (stored); ``pending``: not run yet (``max_cells``);
+#: ``skipped``: optional input missing.
 STATUSES = ("done", "pending", "skipped")
 
 
@@ -113,8 +92,7 @@ class ExperimentConfig:
     device: str = "cpu"
     """Torch device of generation, training and evaluation."""
     max_cells: Optional[int] = None
-    """Run at most this many unfinished cells in this call, then write the report and stop (time-boxing; cells
-    other processes hold do not count)."""
+    """Run at most this many unfinished cells in this call, then write the report and stop (time-boxing)."""
     progress: bool = True
     """Show progress bars."""
 

@@ -49,6 +49,23 @@ def save_results(out: Optional[str], name: str, result: Any) -> Path:
     return path
 
 
+def groundtruth_rows(data: Any, bundle_meta: dict, task: Any, n: int, rng: Any) -> Any:
+    """Sorted rows of ``data`` to compare a dream step against MuJoCo: at most ``n``, drawn with ``rng``.
+
+    Only the bundle's held-out episodes (when ``data`` holds any), only mid-episode steps (``s_{t-1}`` known, for
+    the action gap) and only states whose observation fixes the MuJoCo state (:meth:`TaskSpec.determines_state`).
+    """
+    import numpy as np
+
+    from dawm_env.world_model.data import heldout_episodes
+
+    held = heldout_episodes(data, float(bundle_meta["heldout_fraction"]), int(bundle_meta["split_seed"]))
+    usable = np.repeat(held, data.episode_lengths) if held.any() else np.ones(data.num_transitions, dtype=bool)
+    usable[data.episode_offsets[:-1]] = False
+    usable &= task.determines_state(data.observations)
+    return np.sort(rng.choice(np.flatnonzero(usable), size=min(n, int(usable.sum())), replace=False))
+
+
 def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
     """fp32 GFLOP/s of an n x n matmul on this machine (best of ``reps``): the peak FLOP rates are quoted against."""
     a, b = torch.randn(n, n), torch.randn(n, n)

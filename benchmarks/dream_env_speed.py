@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from _common import add_out_argument, save_results  # benchmarks/ is on sys.path when a script runs
+from _common import add_out_argument, groundtruth_rows, save_results  # benchmarks/ is on sys.path
 
 
 def time_steps(step_fn: Any, make_action: Any, seconds: float, warmup: int, min_steps: int = 3) -> tuple[float, int]:
@@ -171,17 +171,12 @@ def one_step_error(cfg: Any, dataset: str, n: int, seed: int) -> dict:
     from dawm_env.data.loading import load_dataset
     from dawm_env.data.rollout import real_step_from
     from dawm_env.envs.dream import DreamDynamics
-    from dawm_env.world_model.data import heldout_episodes
 
     dyn = DreamDynamics(cfg)
     task, meta = dyn.task, dyn.bundle.meta
     data = load_dataset(dataset, task=task.name)
-    held = heldout_episodes(data, float(meta["heldout_fraction"]), int(meta["split_seed"]))
-    usable = np.repeat(held, data.episode_lengths) if held.any() else np.ones(data.num_transitions, dtype=bool)
-    usable[data.episode_offsets[:-1]] = False
-    usable &= task.determines_state(data.observations)
     rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(np.flatnonzero(usable), size=min(n, int(usable.sum())), replace=False))
+    idx = groundtruth_rows(data, meta, task, n, rng)
     s, a = data.observations[idx].astype(np.float64), data.actions[idx]
     real_next, real_rew, _ = real_step_from(task, s, a)
     out = dyn.step(s, a, rng, data.observations[idx - 1].astype(np.float64))

@@ -24,7 +24,7 @@ import platform
 from datetime import datetime, timezone
 
 import numpy as np
-from _common import add_out_argument, save_results  # benchmarks/ is on sys.path when a script runs
+from _common import add_out_argument, groundtruth_rows, save_results  # benchmarks/ is on sys.path
 
 KINDS = ("data", "noisy", "uniform", "saturated")
 
@@ -51,11 +51,6 @@ def rank_auc(score: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation."""
-    return float(np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1])
-
-
 def main() -> None:
     """Measure and save."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -77,19 +72,14 @@ def main() -> None:
     from dawm_env.data.rollout import real_step_from
     from dawm_env.world_model.bundle import Bundle
     from dawm_env.world_model.calibration import SIGNALS
-    from dawm_env.world_model.data import heldout_episodes
-    from dawm_env.world_model.uncertainty import dream_transition
+    from dawm_env.world_model.uncertainty import dream_transition, spearman
 
     torch.set_num_threads(args.threads)
     bundle = Bundle.load(args.bundle)
     task = bundle.task
     data = load_dataset(args.dataset, task=task.name)
-    held = heldout_episodes(data, float(bundle.meta["heldout_fraction"]), int(bundle.meta["split_seed"]))
-    usable = np.repeat(held, data.episode_lengths) if held.any() else np.ones(data.num_transitions, dtype=bool)
-    usable[data.episode_offsets[:-1]] = False  # s_{t-1} must be known for the action gap
-    usable &= task.determines_state(data.observations)
     rng = np.random.default_rng(args.seed)
-    idx = np.sort(rng.choice(np.flatnonzero(usable), size=min(args.states, int(usable.sum())), replace=False))
+    idx = groundtruth_rows(data, bundle.meta, task, args.states, rng)
     s, prev, a_data = data.observations[idx], data.observations[idx - 1], data.actions[idx]
     std = np.asarray(bundle.stats.obs_std, dtype=np.float64)
     rtg = float(max(task.gen_rtg_range))

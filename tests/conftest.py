@@ -59,6 +59,24 @@ def assert_one_line_error(res, *needles: str) -> str:
     return errors[0]
 
 
+def interrupt_behavior_run_at_first_eval(monkeypatch, cfg):
+    """Run the behaviour SAC of ``cfg`` until its first evaluation, which is made to raise KeyboardInterrupt.
+
+    Returns the real ``evaluate_returns`` (restore it with ``monkeypatch.setattr`` to resume the run).
+    """
+    from dawm_env.data import behavior_sac
+
+    real_eval = behavior_sac.evaluate_returns
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(behavior_sac, "evaluate_returns", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        behavior_sac.run_behavior_sac(cfg, progress=False)
+    return real_eval
+
+
 def assert_same_data(a: OfflineDataset, b: OfflineDataset) -> None:
     """Transition-for-transition equality, including episode boundaries and flags."""
     np.testing.assert_array_equal(a.episode_offsets, b.episode_offsets)

@@ -7,6 +7,7 @@ import json
 import minari
 import numpy as np
 import pytest
+from conftest import interrupt_behavior_run_at_first_eval
 from typer.testing import CliRunner
 
 from dawm_env.cli import app
@@ -113,14 +114,7 @@ def test_medium_replay_from_behavior_run_and_resume(monkeypatch, tmp_path):
 
     cfg = behavior_sac.BehaviorSACConfig(task="hopper", max_steps=500, learning_starts=300, eval_every=400,
                                          eval_episodes=1, checkpoint_every_s=0.0)
-    real_eval = behavior_sac.evaluate_returns
-
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(behavior_sac, "evaluate_returns", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        behavior_sac.run_behavior_sac(cfg, progress=False)
+    real_eval = interrupt_behavior_run_at_first_eval(monkeypatch, cfg)
     run_dir = behavior_sac.run_dir_for(cfg)
     assert run_dir != behavior_run_dir("hopper", 0)  # other settings than the default run: a folder of its own
     assert (run_dir / "checkpoint" / "meta.json").is_file() and not (run_dir / "run.json").exists()

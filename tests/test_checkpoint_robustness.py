@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import interrupt_behavior_run_at_first_eval
 from typer.testing import CliRunner
 
 from dawm_env import checkpoint as ckpt_mod
@@ -244,14 +245,7 @@ def test_behavior_sac_resumes_after_a_kill_between_the_renames(monkeypatch, tmp_
 
     cfg = behavior_sac.BehaviorSACConfig(task="hopper", max_steps=120, learning_starts=50, eval_every=100,
                                          eval_episodes=1, checkpoint_every_s=0.0)
-    real_eval = behavior_sac.evaluate_returns
-
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(behavior_sac, "evaluate_returns", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        behavior_sac.run_behavior_sac(cfg, progress=False)
+    real_eval = interrupt_behavior_run_at_first_eval(monkeypatch, cfg)
     run_dir = behavior_sac.run_dir_for(cfg)
     ckpt = run_dir / "checkpoint"
     saved_at = json.loads((ckpt / "meta.json").read_text())["num_timesteps"]

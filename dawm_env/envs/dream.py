@@ -57,6 +57,7 @@ from dawm_env.envs.render import StateRenderer, advance_x, render_fps
 from dawm_env.tasks import TaskSpec, get_task
 from dawm_env.world_model.bundle import Bundle, resolve_bundle
 from dawm_env.world_model.calibration import SIGNALS, PessimismCalibration
+from dawm_env.world_model.diffusion import check_timesteps
 from dawm_env.world_model.uncertainty import check_signal, dream_transition
 
 #: Dream env ids by task (also used in error messages).
@@ -160,11 +161,7 @@ class DreamConfig:
             ts = self.sampling_timesteps
             if isinstance(ts, (str, bytes)) or not hasattr(ts, "__iter__"):
                 raise ValueError(f"sampling_timesteps must be a list of ints (e.g. [0, 3]), got {ts!r}")
-            ts = list(ts)
-            if not ts or any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) for t in ts) \
-                    or any(b <= a for a, b in zip(ts, ts[1:])) or ts[0] < 0:
-                raise ValueError(f"sampling_timesteps must be strictly ascending ints >= 0, got {ts!r}")
-            self.sampling_timesteps = [int(t) for t in ts]
+            self.sampling_timesteps = check_timesteps(ts)  # the upper end is checked against the bundle
         if self.start_mode not in START_MODES:
             raise ValueError(f"start_mode must be one of {START_MODES}, got {self.start_mode!r}")
         if self.start_states == "seeds" and self.start_mode != "any":
@@ -396,9 +393,13 @@ class DreamDynamics:
         if config.sampling_steps is not None and config.sampling_steps > wm.n_diffusion_steps:
             raise ValueError(f"sampling_steps={config.sampling_steps} exceeds the bundle's "
                              f"{wm.n_diffusion_steps} diffusion steps; use 1..{wm.n_diffusion_steps}")
-        if config.sampling_timesteps is not None and config.sampling_timesteps[-1] >= wm.n_diffusion_steps:
-            raise ValueError(f"sampling_timesteps={config.sampling_timesteps}: the bundle has "
-                             f"{wm.n_diffusion_steps} diffusion steps, use indices 0..{wm.n_diffusion_steps - 1}")
+        if config.sampling_timesteps is not None:
+            try:
+                check_timesteps(config.sampling_timesteps, wm.n_diffusion_steps)
+            except ValueError:
+                raise ValueError(f"sampling_timesteps={config.sampling_timesteps}: the bundle has "
+                                 f"{wm.n_diffusion_steps} diffusion steps, use indices "
+                                 f"0..{wm.n_diffusion_steps - 1}") from None
         self.rtg_target = float(config.rtg_target if config.rtg_target is not None else max(self.task.gen_rtg_range))
         self.pessimism = PessimismSettings.resolve(config, self.bundle.pessimism, str(self.bundle.path))
         signals = {self.pessimism.signal} if self.pessimism is not None else set()

@@ -62,19 +62,22 @@ def strided_timesteps(n_diffusion_steps: int, n_sampling_steps: int) -> list[int
     return sorted({int(s) for s in steps})
 
 
-def check_timesteps(timesteps: Sequence[int], n_diffusion_steps: int) -> list[int]:
+def check_timesteps(timesteps: Sequence[int], n_diffusion_steps: Optional[int] = None) -> list[int]:
     """Validate an explicit sampling schedule: strictly ascending ints in ``[0, K - 1]``, at least one.
 
     Starting below ``K - 1`` is allowed: with few diffusion steps the last one has ``abar ~ 1e-4``, and the
     first reverse step from there multiplies the network's noise error by ~100; starting one step lower from
-    pure noise (which is nearly what ``x_k`` is there) avoids it. Returns the list.
+    pure noise (which is nearly what ``x_k`` is there) avoids it. ``n_diffusion_steps=None`` checks everything
+    but the upper end (a config validated before its model is known). Returns the list as plain ints.
     """
-    steps = [int(t) for t in timesteps]
-    if (not steps or any(isinstance(t, bool) or int(t) != t for t in timesteps)
-            or any(b <= a for a, b in zip(steps, steps[1:])) or steps[0] < 0 or steps[-1] > n_diffusion_steps - 1):
-        raise ValueError(f"sampling timesteps must be strictly ascending ints in [0, {n_diffusion_steps - 1}], "
-                         f"got {list(timesteps)!r}")
-    return steps
+    steps = list(timesteps)
+    k = n_diffusion_steps
+    if (not steps or any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) for t in steps)
+            or any(b <= a for a, b in zip(steps, steps[1:])) or steps[0] < 0
+            or (k is not None and steps[-1] > k - 1)):
+        bounds = f"in [0, {k - 1}]" if k is not None else ">= 0"
+        raise ValueError(f"sampling timesteps must be strictly ascending ints {bounds}, got {steps!r}")
+    return [int(t) for t in steps]
 
 
 class GaussianDiffusion(nn.Module):

@@ -135,7 +135,7 @@ def dream_transition(bundle: Bundle, states: np.ndarray, actions: np.ndarray, rt
                            signals=out)
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rank correlation (ties broken by order; fine for continuous values); 0.0 if constant."""
     rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
     if rx.std() == 0 or ry.std() == 0:
@@ -205,7 +205,7 @@ def calibrate_pessimism(bundle: Bundle, data: OfflineDataset, transitions: int =
         pct = {percentile_key(q): float(np.percentile(u, q)) for q in PERCENTILES}
         p99 = max(pct[percentile_key(99.0)], 1e-8)
         signals[name] = SignalCalibration(
-            mean=float(u.mean()), percentiles=pct, error_correlation=_spearman(u, err),
+            mean=float(u.mean()), percentiles=pct, error_correlation=spearman(u, err),
             penalty_coef=float(PENALTY_SCALE * abs(reward_mean) / p99),
             halt_threshold=float(np.percentile(u, HALT_PERCENTILE)))
     return PessimismCalibration(

@@ -240,6 +240,7 @@ def train_idm_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train (or resume) the inverse dynamics model; keeps the best validation checkpoint."""
+    from dawm_env.planner.bundle import assemble_planner_bundle
     from dawm_env.runtime import cli_threads
     from dawm_env.training.idm import IDMTrainConfig, train_idm
     from dawm_env.world_model.assemble import assemble_bundle
@@ -251,6 +252,48 @@ def train_idm_cmd(
                                         progress=progress))
         if assemble_bundle(path) is not None:
             typer.echo(f"bundle ready: {path}")
+        if assemble_planner_bundle(path) is not None:
+            typer.echo(f"planner bundle ready: {path}")
+    except _EXPECTED as err:
+        _fail(err)
+    typer.echo(str(path))
+
+
+@train_app.command("dd")
+def train_dd_cmd(
+    dataset: str = typer.Option(..., help="Training data: Minari id, D4RL hdf5 or qlearning npz."),
+    out: str = typer.Option(..., help="Output folder (a planner bundle once the IDM is trained into it too)."),
+    preset: str = typer.Option("cpu", help="Planner preset: cpu or paper (Decision Diffuser's locomotion setting)."),
+    steps: Optional[int] = typer.Option(None, help="Optimiser steps (default: the preset's)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size per process (default: the preset's)."),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override a planner config field, e.g. --set horizon=16 (repeatable)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    seed: int = typer.Option(0, help="Training seed."),
+    checkpoint_every: int = typer.Option(1000, help="Resumable checkpoint period (steps)."),
+    eval_every: Optional[int] = typer.Option(
+        None, help="Evaluate plans on held-out windows every this many steps (OUT/dd_quality_curve.json)."),
+    task: Optional[str] = typer.Option(None, help=_TASK_HELP),
+    threads: Optional[int] = typer.Option(None, help=_THREADS_HELP),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train (or resume) the Decision Diffuser planner's diffusion model; then `dawm train idm` into OUT."""
+    from dawm_env.planner.bundle import assemble_planner_bundle
+    from dawm_env.planner.config import DDConfig
+    from dawm_env.runtime import cli_threads
+    from dawm_env.training.dd import DDTrainConfig, train_dd
+
+    try:
+        overrides = _parse_fields(set_, "--set")
+        DDConfig.preset(preset, **overrides)  # unknown fields / bad values: one line before any data is read
+        path = train_dd(DDTrainConfig(
+            dataset=dataset, out=out, preset=preset, overrides=overrides, steps=steps, batch_size=batch_size,
+            device=device, seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every, task=task,
+            threads=cli_threads(threads), progress=progress))
+        if assemble_planner_bundle(path) is not None:
+            typer.echo(f"planner bundle ready: {path}")
+        else:
+            typer.echo(f"next: dawm train idm --dataset {dataset} --out {path}")
     except _EXPECTED as err:
         _fail(err)
     typer.echo(str(path))
@@ -317,6 +360,33 @@ def evaluate_cmd(
     typer.echo(json.dumps(result, indent=2))
 
 
+@app.command("evaluate-planner")
+def evaluate_planner_cmd(
+    bundle: str = typer.Argument(..., help="Planner bundle name or folder (dawm train dd + dawm train idm)."),
+    episodes: int = typer.Option(10, help="Real episodes per planning seed."),
+    seeds: int = typer.Option(1, help="Planning seeds (sampling noise and episodes differ; one trained planner)."),
+    seed: int = typer.Option(0, help="First planning seed."),
+    rtg: Optional[float] = typer.Option(None, help="Target return-to-go over the task scale (default: the config's)."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance weight w (default: the config's)."),
+    sampling_steps: Optional[int] = typer.Option(None, help="Reverse diffusion steps (default: the config's)."),
+    out: Optional[str] = typer.Option(None, help="Folder for evaluation.json (default: print only)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help=_THREADS_HELP),
+) -> None:
+    """Evaluate a Decision Diffuser planner in the real MuJoCo env (re-plans every step); normalised scores."""
+    from dawm_env.agents.planner import evaluate_planner
+    from dawm_env.runtime import cli_threads, setup_torch
+
+    try:
+        setup_torch(device, cli_threads(threads))
+        result = evaluate_planner(bundle, episodes=episodes, seeds=seeds, seed=seed, device=device, rtg=rtg,
+                                  guidance=guidance, sampling_steps=sampling_steps, out=out)
+    except _EXPECTED as err:
+        _fail(err)
+    summary = {k: v for k, v in result.items() if k not in ("episode_returns", "episode_steps")}
+    typer.echo(json.dumps(summary, indent=2))
+
+
 @app.command("export")
 def export_cmd(
     run_dir: str = typer.Argument(..., help="Agent run folder (dawm train agent --out)."),
@@ -375,6 +445,20 @@ def _parse_overrides(values: Optional[list[str]], what: str) -> dict[str, str]:
         if not sep or "/" not in key or not value:
             raise ValueError(f"--{what} {item!r}: expected TASK/LEVEL=VALUE, e.g. hopper/medium=path")
         out[key.strip()] = value.strip()
+    return out
+
+
+def _parse_fields(values: Optional[list[str]], flag: str) -> dict[str, object]:
+    """``FIELD=JSON`` options -> ``{"FIELD": value}`` (``horizon=16``, ``dim_mults=[1,2,4]``, ``clip_denoised=null``)."""
+    out: dict[str, object] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{flag} {item!r}: expected FIELD=VALUE, e.g. {flag} horizon=16")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"{flag} {item!r}: the value must be JSON (a number, [1,2,4], true or null)") from None
     return out
 
 

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -121,6 +122,21 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy the file ``src`` to ``dst`` via a temp file + rename: ``dst`` is absent or complete, never half."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = new_temp_file(dst, ".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     """JSON-dump ``obj`` to ``path`` atomically (sorted keys, indented)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
@@ -145,6 +161,9 @@ def minari_root_at(root: Path) -> Iterator[None]:
 
 class LockHeldError(OSError):
     """Another process holds the lock :func:`exclusive_lock` was asked for (the message says who and what to do)."""
+
+    holders: str = "another process"
+    """Who holds it, ``pid N`` when the lock file names a live local process (for messages)."""
 
 
 #: Lock files this process holds -> nested re-acquisitions: a nested request for a lock the process already
@@ -255,8 +274,10 @@ def _acquire(path: Path, what: str, shared: bool, wait: bool, hint: str) -> int:
             os.close(fd)
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise LockHeldError(f"another dawm run is writing {what} (lock {path} held by {_lock_holders(path)}); "
-                                f"{hint}") from None
+            holders = _lock_holders(path)
+            held = LockHeldError(f"another dawm run is writing {what} (lock {path} held by {holders}); {hint}")
+            held.holders = holders
+            raise held from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:

@@ -92,3 +92,21 @@ def step_rngs(seed: int, rank: int, step: int, gen: torch.Generator) -> np.rando
     """
     gen.manual_seed((seed * 1_000_003 + rank) * 1_000_000_007 + step)
     return np.random.default_rng([seed, rank, step])
+
+
+def machine_info(device: str = "cpu") -> dict:
+    """What a timing was measured on: CPU model, logical cores, torch threads, device (and GPU name)."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": str(device), "torch": torch.__version__, "platform": platform.platform()}
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info

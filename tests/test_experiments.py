@@ -13,6 +13,7 @@ from dawm_env.data.loading import save_npz
 from dawm_env.experiments.presets import PRESETS, SMOKE, get_preset
 from dawm_env.experiments.registry import EXPERIMENTS, get_experiment
 from dawm_env.experiments.runner import ExperimentConfig, Workspace, run_experiment
+from dawm_env.planner import DDConfig
 
 AGENT_EXPERIMENTS = ("table2", "table4", "table5", "table6", "ablation-idm")
 
@@ -119,13 +120,28 @@ def test_every_agent_experiment_at_smoke_preset(overrides, tmp_path, count_train
         methods = [r["cell"]["method"] for r in res["cells"]]
         assert all(m in table for m in methods) and "hopper-random" in table and " ± " in table
         for rec in res["cells"]:
-            assert rec["steps"] == SMOKE.agent_steps and len(rec["last"]["per_seed"]) == SMOKE.seeds
+            assert len(rec["last"]["per_seed"]) == SMOKE.seeds
+            if rec["cell"]["algo"] == "dd":  # the planner: trained once, evaluated with the agents' seeds / episodes
+                assert rec["planner_steps"] == DDConfig.preset(SMOKE.dd_preset).train_steps
+                assert (Path(rec["run_dir"]) / "evaluation.json").is_file()
+                continue
+            assert rec["steps"] == SMOKE.agent_steps
             assert (Path(rec["run_dir"]) / "checkpoint").is_dir()
         assert (folder / "scores.png").stat().st_size > 1000
         assert (folder / "curves-hopper-random.png").stat().st_size > 1000
     assert (root / "table6" / "horizons.png").stat().st_size > 1000
     # DAWM-TD3BC at H = 7 (and DAWM-IQL, DWM-TD3BC) are shared between tables: fewer runs than cells
-    assert len(count_train_calls) == len(set(count_train_calls)) == 15 < total_cells == 21
+    assert len(count_train_calls) == len(set(count_train_calls)) == 15 < total_cells == 22
+
+    # table3 times the planner and table2's DAWM-TD3BC / DWM-TD3BC runs: nothing is trained again
+    res = run_experiment(_cfg("table3", overrides, root), echo=lambda _: None)
+    assert res["complete"] and len(count_train_calls) == 15
+    assert [r["cell"]["method"] for r in res["cells"]] == ["DD", "DAWM-TD3BC", "DWM-TD3BC"]
+    for rec in res["cells"]:
+        assert len(rec["inference_seconds"]) == SMOKE.timing_episodes and rec["ms_per_step"] > 0
+        assert rec["hardware"]["logical_cores"] >= 1
+    table3 = (root / "table3" / "table.md").read_text()
+    assert "ms / step" in table3 and "DD" in table3
     from dawm_env.data.minari_io import read_provenance
 
     ablation = json.loads((root / "ablation-idm" / "results.json").read_text())

@@ -22,7 +22,7 @@ LAYERS = {
     "tasks": 0, "paths": 0, "checkpoint": 0, "runtime": 0, "plotting": 0,
     "data": 1,
     "world_model": 2,
-    "generation": 3,
+    "generation": 3, "planner": 3,
     "envs": 4,
     "agents": 5, "training": 5,
     "experiments": 6,

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
+from dawm_env.planner.config import DDConfig
+
 
 @dataclass(frozen=True)
 class ExperimentPreset:
@@ -67,6 +69,13 @@ class ExperimentPreset:
     """IDM batch size of bundles trained when missing (None = the IDM default)."""
     consistency_windows: int = 1024
     """``consistency``: generated windows per (bundle, dataset) pair."""
+    dd_preset: str = "cpu"
+    """Decision Diffuser preset (:class:`~dawm_env.planner.DDConfig`: ``smoke`` / ``cpu`` / ``paper``) of planners
+    trained when missing (table2's DD column, table3)."""
+    dd_steps: Optional[int] = None
+    """Planner training steps of planners trained when missing (None = the DD preset's)."""
+    timing_episodes: int = 5
+    """``table3``: real episodes timed per method (one at a time, batch 1, as the paper times inference)."""
     threads: Optional[int] = None
     """torch CPU threads of every stage (None: the process's setting, torch's default unless the caller set one)."""
 
@@ -74,7 +83,7 @@ class ExperimentPreset:
         # checked here, not when the first cell reaches the agent: by then data may have been built for minutes
         flags = {"seeds": "--seeds", "agent_steps": "--steps", "eval_every": "--eval-every",
                  "eval_episodes": "--eval-episodes", "threads": "--threads"}
-        optional = ("dataset_steps", "wm_steps", "wm_batch_size", "idm_steps", "idm_batch_size", "threads")
+        optional = ("dataset_steps", "wm_steps", "wm_batch_size", "idm_steps", "idm_batch_size", "threads", "dd_steps")
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in optional and value is None:
@@ -84,6 +93,7 @@ class ExperimentPreset:
                     raise ValueError(f"{f.name} needs one or more values >= 1, got {value}")
             elif isinstance(value, int) and not isinstance(value, bool) and value < 1:
                 raise ValueError(f"{flags.get(f.name, f.name)} must be >= 1, got {value}")
+        DDConfig.preset(self.dd_preset)  # an unknown planner preset fails here, listing the valid ones
         if not 0.0 <= self.ssorl_fraction <= 1.0:
             raise ValueError(f"ssorl_fraction must lie in [0, 1], got {self.ssorl_fraction}")
 
@@ -103,6 +113,7 @@ SMOKE = ExperimentPreset(
     batch_size=32, horizons=(1, 3, 7), dawm_t=8, generation_subsample=4, generation_repeats=1,
     generation_batch_size=256, generation_chunk_size=256, dataset_steps=2000, wm_steps=30, wm_batch_size=16,
     idm_steps=60, idm_hidden=(32, 32), idm_batch_size=64, consistency_windows=32, threads=1,
+    dd_preset="smoke", timing_episodes=1,
 )
 
 #: What fits 2 CPU cores: hopper-medium, 3 seeds x 30k steps, evaluation every 5k steps with 10 episodes,
@@ -119,7 +130,7 @@ CPU = ExperimentPreset(
 PAPER = ExperimentPreset(
     name="paper", tasks=None, levels=None, seeds=5, agent_steps=1_000_000, eval_every=5000, eval_episodes=10,
     generation_subsample=1, generation_repeats=1, dataset_steps=None, wm_preset="paper", wm_steps=None,
-    idm_steps=None, consistency_windows=4096,
+    idm_steps=None, consistency_windows=4096, dd_preset="paper",
 )
 
 PRESETS: dict[str, ExperimentPreset] = {p.name: p for p in (SMOKE, CPU, PAPER)}

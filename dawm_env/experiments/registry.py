@@ -7,7 +7,8 @@ consistency cell evaluates one bundle's IDM on one real dataset. The runner
 DAWM-TD3BC at H = 7 in tables 2, 4, 5 and 6) share one run.
 
 =============  =========================================================================================
-table2         DAWM vs DWM, with TD3+BC and IQL (paper Table 2; DD is not implemented)
+table2         Decision Diffuser and DAWM vs DWM, with TD3+BC and IQL (paper Table 2)
+table3         per-episode inference time of DD vs DAWM-TD3BC and DWM-TD3BC policies (paper Table 3)
 table4         DAWM vs TD3+BC / IQL on the real data and SSORL-TD3BC / SSORL-IQL (paper Table 4)
 table5         DAWM-T (a random 1/T of the seed pairs, T = 8) vs DAWM, TD3+BC (paper Table 5)
 table6         generation horizons H = 1, 3, 7 for DAWM-TD3BC and DWM-TD3BC (paper Table 6)
@@ -57,15 +58,16 @@ class Cell:
     """One unit of work of an experiment, with everything that decides its result."""
 
     kind: str
-    """``agent`` (train and evaluate an agent) or ``consistency`` (evaluate a bundle's IDM)."""
+    """``agent`` (train and evaluate an agent, or the Decision Diffuser planner: ``algo = "dd"``), ``consistency``
+    (evaluate a bundle's IDM) or ``timing`` (time a method's per-episode inference)."""
     task: str
     """hopper / walker2d / halfcheetah."""
     level: str
-    """Dataset level of the real data (agent) or of the bundle's training data (consistency)."""
+    """Dataset level of the real data (agent, timing) or of the bundle's training data (consistency)."""
     method: str = ""
-    """Column label (agent cells)."""
+    """Column label (agent and timing cells)."""
     algo: str = ""
-    """Agent algorithm (agent cells)."""
+    """Agent algorithm, or ``dd`` (the planner) (agent and timing cells)."""
     generated: bool = False
     """Whether the agent trains on generated data."""
     horizon: int = 7
@@ -96,7 +98,7 @@ class Experiment:
     title: str
     """One line for reports."""
     kind: str
-    """``agent`` (a score table) or ``consistency``."""
+    """``agent`` (a score table), ``consistency`` or ``timing``."""
     methods: Callable[[ExperimentPreset], list[Method]]
     """The columns under a preset (horizons and T come from the preset)."""
     paper_tasks: tuple[str, ...] = PAPER_TASKS
@@ -118,16 +120,24 @@ class Experiment:
                     continue
                 for m in self.methods(preset):
                     out.append(Cell(
-                        kind="agent", task=task, level=level, method=m.label, algo=m.algo, generated=m.generated,
+                        kind="timing" if self.kind == "timing" else "agent", task=task, level=level, method=m.label, algo=m.algo, generated=m.generated,
                         horizon=(m.horizon or preset.horizon) if m.generated else 0,
                         subsample=preset.generation_subsample * m.subsample if m.generated else 1,
                         action_source=m.action_source if m.generated else "idm"))
         return out
 
 
+#: :attr:`Method.algo` of the Decision Diffuser planner (:mod:`dawm_env.planner`): no agent, a planner bundle.
+PLANNER_ALGO = "dd"
+
+
 def _table2(p: ExperimentPreset) -> list[Method]:
-    return [Method("DWM-TD3BC", "dwm-td3bc", True), Method("DAWM-TD3BC", "td3bc", True),
+    return [Method("DD", PLANNER_ALGO), Method("DWM-TD3BC", "dwm-td3bc", True), Method("DAWM-TD3BC", "td3bc", True),
             Method("DWM-IQL", "dwm-iql", True), Method("DAWM-IQL", "iql", True)]
+
+
+def _table3(p: ExperimentPreset) -> list[Method]:
+    return [Method("DD", PLANNER_ALGO), Method("DAWM-TD3BC", "td3bc", True), Method("DWM-TD3BC", "dwm-td3bc", True)]
 
 
 def _table4(p: ExperimentPreset) -> list[Method]:
@@ -153,8 +163,14 @@ def _ablation_idm(p: ExperimentPreset) -> list[Method]:
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
-    Experiment("table2", "DAWM vs DWM with TD3+BC and IQL (paper Table 2)", "agent", _table2,
-               note="Decision Diffuser (the paper's DD column) is not implemented."),
+    Experiment("table2", "Decision Diffuser and DAWM vs DWM with TD3+BC and IQL (paper Table 2)", "agent", _table2,
+               note="DD: one planner per dataset (preset dd_preset), its seeds are planning seeds (sampling noise "
+                    "and episodes), evaluated once on the episodes the agents' evaluations play; DD's own IDM is "
+                    "replaced by dawm's (the bundle's IDM when it was trained on the same data)."),
+    Experiment("table3", "Per-episode inference time: DD vs DAWM-TD3BC and DWM-TD3BC (paper Table 3)", "timing",
+               _table3, paper_levels=("medium",),
+               note="One process, one episode at a time (batch 1), on this machine; the agents are the runs of "
+                    "table2's cells (trained if missing). Inference time only (env steps excluded)."),
     Experiment("table4", "DAWM vs real-data TD3+BC / IQL and SSORL (paper Table 4)", "agent", _table4,
                note="SSORL relabels a fraction of the real episodes' actions with the bundle's IDM; SSORL's "
                     "top-K longest-trajectory filter is not applied."),

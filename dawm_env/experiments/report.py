@@ -179,6 +179,32 @@ def consistency_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def timing_table(results: dict) -> str:
+    """``table.md`` of ``table3``: per-episode inference time of each method, and its ratio to DAWM-TD3BC's."""
+    done = [r for r in results["cells"] if r["status"] == "done"]
+    per_env: dict[str, dict[str, dict]] = {}
+    for r in done:
+        per_env.setdefault(f"{r['cell']['task']}-{r['cell']['level']}", {})[r["cell"]["method"]] = r
+    rows = []
+    for env, by_method in per_env.items():
+        ref = by_method.get("DAWM-TD3BC")
+        for method, r in by_method.items():
+            ratio = (f"{r['inference']['mean'] / ref['inference']['mean']:.0f}x" if ref and ref["inference"]["mean"] > 0
+                     else MISSING)
+            rows.append([env, method, format_score(r["inference"], 3), f"{r['ms_per_step']:.3f}",
+                         f"{np.mean(r['steps']):.0f}", f"{np.mean(r['normalized']):.1f}", ratio])
+    hw = done[0]["hardware"] if done else {}
+    lines = [f"# {results['experiment']}: {results['title']}", "",
+             "Inference seconds per real episode (mean ± std over episodes), one episode at a time (batch 1), "
+             "environment steps excluded; episodes end at a fall, so compare ms / step across methods. Measured in "
+             f"one process on {hw.get('cpu', '?')} ({hw.get('logical_cores', '?')} logical cores, "
+             f"{hw.get('torch_threads', '?')} torch thread(s), device {hw.get('device', '?')}).", "",
+             markdown_table(["env", "method", "inference s / episode", "ms / step", "steps / episode",
+                             "normalised score", "vs DAWM-TD3BC"], rows) if rows else "(no finished cell)", ""]
+    lines += _status_lines(results)
+    return "\n".join(lines)
+
+
 def write_experiment_report(exp, results: dict, folder: Path) -> list[str]:
     """Write ``results.json``, ``table.md`` and the plots of an experiment into ``folder``; returns the plot names."""
 
@@ -195,6 +221,8 @@ def write_experiment_report(exp, results: dict, folder: Path) -> list[str]:
                                        vals, [[None, None]] * len(vals), folder / "consistency.png",
                                        f"IDM action error, bundle {', '.join(bundles)}",
                                        "MAE (actions in [-1, 1])"))
+    elif exp.kind == "timing":
+        table = timing_table(results)
     else:
         table = agent_table(results)
         plots += _agent_plots(exp, results, folder)

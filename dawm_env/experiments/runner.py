@@ -8,6 +8,7 @@ Output root ``OUT`` (default ``$DAWM_HOME/experiments/<preset>``), shared by eve
     OUT/cells/<key>.json            a finished cell's record: written last, it marks the cell done
     OUT/runs/<key>/                 the cell's agent run (checkpoint, curves, results): resumes after a kill
     OUT/bundles/<task>-<level>/     bundles trained here because none existed
+    OUT/locks/                      claims of cells and of bundles being trained (flock; gone when released)
 
 A cell's ``key`` hashes everything that decides its result except the step budget (so raising ``agent_steps``
 continues the runs); identical cells of different experiments share their key, run and record. A killed
@@ -29,6 +30,17 @@ What a cell needs is created when missing:
 
 Keys of cells that use a bundle cover the bundle's content (sha256 of its files): a bundle retrained or changed
 in place makes those cells unfinished again instead of reporting results made with the old one.
+
+Parallel runs. Any number of processes may run the same experiment on one ``OUT`` at once (on one machine, or on
+several sharing a filesystem with working POSIX ``flock``: a Slurm array or Ray tasks each running the same
+``dawm experiment`` command). A process claims a cell with a non-blocking lock on ``OUT/locks/cells/<cell>.lock``
+(named by the cell, not its key), held while it runs the cell; it skips cells another live process holds and moves
+on. The OS drops a claim when its holder dies (even by ``kill -9``), so a rerun takes over. What a cell needs (real
+data, bundle or planner, generated data) is created under a blocking per-``(task, level)`` lock
+(``OUT/locks/prepare-<env>.lock``): a second process waits, then finds and reuses it, never builds it twice. Each
+process writes the report at its end (under ``OUT/locks/report-<experiment>.lock``) from the records on disk at that
+moment (cells still held by others are ``pending`` with ``held_by``), so the last to finish leaves the complete
+report.
 """
 
 from __future__ import annotations
@@ -38,24 +50,49 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
+import torch
+
+from dawm_env.agents.evaluation import FINAL_STREAM, TRAINING_STREAM, aggregate, reset_seeds, time_episodes
+from dawm_env.agents.export import load_seed_policy
+from dawm_env.agents.planner import evaluate_planner
 from dawm_env.agents.train import TrainAgentConfig, train_agent
 from dawm_env.data.build import BuildConfig, build_dataset, default_dataset_id
 from dawm_env.data.loading import is_dataset_file, load_dataset
 from dawm_env.data.minari_io import dataset_exists, read_provenance
 from dawm_env.experiments.presets import ExperimentPreset
-from dawm_env.experiments.registry import Cell, Experiment, get_experiment
+from dawm_env.experiments.registry import PLANNER_ALGO, Cell, Experiment, get_experiment
 from dawm_env.experiments.report import write_experiment_report
 from dawm_env.generation import GenerateConfig, bundle_hash, generate_dataset
 from dawm_env.generation.rollouts import check_rtg
 from dawm_env.generation.stats import GENERATED_KIND
-from dawm_env.paths import atomic_write_json, check_writable_dir, dawm_home, file_sha256, minari_root
-from dawm_env.runtime import resolve_device, setup_torch
+from dawm_env.paths import (
+    LockHeldError,
+    atomic_copy,
+    atomic_write_json,
+    check_writable_dir,
+    dawm_home,
+    exclusive_lock,
+    file_sha256,
+    minari_root,
+)
+from dawm_env.planner.bundle import (
+    DD_FILE,
+    IDM_FILE,
+    PLANNER_FILE,
+    PlannerBundle,
+    assemble_planner_bundle,
+    planner_hash,
+)
+from dawm_env.planner.model import PlannerPolicy
+from dawm_env.runtime import machine_info, resolve_device, setup_torch
 from dawm_env.tasks import LEVELS, get_task
+from dawm_env.training.dd import DDTrainConfig, train_dd
 from dawm_env.training.idm import IDMTrainConfig, train_idm
 from dawm_env.training.world_model import WorldModelTrainConfig, train_world_model
 from dawm_env.world_model.assemble import assemble_bundle
@@ -69,9 +106,9 @@ from dawm_env.world_model.evaluation import evaluate_bundle
 log = logging.getLogger(__name__)
 
 EXP_NAMESPACE = "dawm-exp"
-CELLS_DIR, RUNS_DIR, BUNDLES_DIR = "cells", "runs", "bundles"
-#: Status of a cell record. ``done``: finished (stored); ``pending``: not run yet (``max_cells``);
-#: ``skipped``: optional input missing.
+CELLS_DIR, RUNS_DIR, BUNDLES_DIR, LOCKS_DIR = "cells", "runs", "bundles", "locks"
+#: Status of a cell record. ``done``: finished (stored); ``pending``: not run yet (``max_cells``; ``held_by``
+#: set: another process is running it); ``skipped``: optional input missing.
 STATUSES = ("done", "pending", "skipped")
 
 
@@ -92,7 +129,8 @@ class ExperimentConfig:
     device: str = "cpu"
     """Torch device of generation, training and evaluation."""
     max_cells: Optional[int] = None
-    """Run at most this many unfinished cells in this call, then write the report and stop (time-boxing)."""
+    """Run at most this many unfinished cells in this call, then write the report and stop (time-boxing; cells
+    other processes hold do not count)."""
     progress: bool = True
     """Show progress bars."""
 
@@ -263,6 +301,76 @@ class Workspace:
         sha = self.bundle_hash(path) if (path / "bundle.json").is_file() else None
         return {"bundle": str(path), "bundle_sha": sha}
 
+    # --- Decision Diffuser planners ----------------------------------------------------------------
+    def planner_dir(self, task: str, level: str) -> Path:
+        """Where the planner of ``(task, level)`` is (``<task>-<level>-dd`` in the bundle roots), or will be trained
+        (``OUT/bundles/<task>-<level>-dd``)."""
+        name = f"{get_task(task).name}-{level}-dd"
+        for candidate in [r / name for r in bundle_roots()]:
+            if (candidate / PLANNER_FILE).is_file():
+                return candidate.resolve()
+        return (self.root / BUNDLES_DIR / name).resolve()
+
+    def ensure_planner(self, task: str, level: str) -> Path:
+        """The planner bundle of ``(task, level)``, trained with the preset's budgets when none exists.
+
+        Its IDM is the world-model bundle's when that one was trained on the same data and held-out split (the
+        same recipe; copied, not retrained), else one trained with the preset's IDM budget.
+        """
+        path = self.planner_dir(task, level)
+        if (path / PLANNER_FILE).is_file():
+            return path
+        real = self.ensure_real(task, level)
+        p = self.p
+        self.echo(f"training a Decision Diffuser planner for {task}-{level} into {path} (preset {p.dd_preset})")
+        train_dd(DDTrainConfig(dataset=real, out=str(path), preset=p.dd_preset, steps=p.dd_steps, task=task,
+                               device=self.cfg.device, threads=p.threads, progress=self.cfg.progress))
+        if not (path / f"{IDM_FILE}.json").is_file() and not self._reuse_bundle_idm(task, level, path):
+            train_idm(IDMTrainConfig(dataset=real, out=str(path), steps=p.idm_steps, hidden=p.idm_hidden,
+                                     batch_size=p.idm_batch_size, task=task, device=self.cfg.device,
+                                     threads=p.threads, progress=self.cfg.progress))
+        assemble_planner_bundle(path, eval_windows=min(256, p.consistency_windows))
+        return path
+
+    def _reuse_bundle_idm(self, task: str, level: str, planner: Path) -> bool:
+        """Copy the world-model bundle's IDM into ``planner`` if it was trained on the planner's data and split."""
+        bundle = self.bundle_dir(task, level)
+        try:
+            dd_meta = json.loads((planner / f"{DD_FILE}.json").read_text())
+            idm_meta = json.loads((bundle / f"{IDM_FILE}.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        if any(idm_meta.get(k) != dd_meta.get(k) for k in ("dataset_fingerprint", "heldout_fraction", "split_seed")):
+            return False
+        for suffix in (".safetensors", ".json"):  # the JSON last: it marks the IDM as present
+            atomic_copy(bundle / f"{IDM_FILE}{suffix}", planner / f"{IDM_FILE}{suffix}")
+        self.echo(f"planner {planner.name}: reusing the IDM of bundle {bundle} (same data and held-out split)")
+        return True
+
+    def planner_identity(self, task: str, level: str) -> dict:
+        """``{"planner": folder, "planner_sha": hash of its files}`` (sha None while it is not trained)."""
+        path = self.planner_dir(task, level)
+        key = f"planner:{path}"
+        if (path / PLANNER_FILE).is_file() and key not in self._bundle_hashes:
+            self._bundle_hashes[key] = planner_hash(path)
+        return {"planner": str(path), "planner_sha": self._bundle_hashes.get(key)}
+
+    def prepare(self, cell: Cell) -> None:
+        """Create what a cell needs before it runs: its real data, the bundle or planner its key covers (so that
+        the key is final) and its generated data. :func:`run_experiment` calls it under a per-``(task, level)``
+        lock, so parallel processes never build one of these twice."""
+        if cell.kind == "timing":
+            if cell.algo != PLANNER_ALGO:
+                self.prepare(replace(cell, kind="agent"))
+                return
+        real = self.ensure_real(cell.task, cell.level)
+        if cell.algo == PLANNER_ALGO:
+            self.ensure_planner(cell.task, cell.level)
+        elif self.needs_bundle(cell):
+            bundle = self.ensure_bundle(cell.task, cell.level)
+            if cell.generated:
+                self.ensure_generated(cell, real, bundle)
+
     @staticmethod
     def needs_bundle(cell: Cell) -> bool:
         """Whether a cell uses its (task, level) bundle: generated data, SSORL's IDM, consistency."""
@@ -326,6 +434,15 @@ class Workspace:
             ident = {"kind": "consistency", **self.bundle_identity(cell.task, cell.level), "data": data.pop("real"),
                      **{f"data_{k}": v for k, v in data.items()}, "windows": p.consistency_windows}
             return f"consistency-{cell.task}-{cell.level}-on-{cell.data_level}-{_hash(ident)}"
+        if cell.kind == "timing":
+            ident = {"kind": "timing", "of": self.cell_key(replace(cell, kind="agent")), "episodes": p.timing_episodes,
+                     "device": self.cfg.device, "threads": p.threads}
+            return f"timing-{cell.task}-{cell.level}-{_slug(cell.method)}-{_hash(ident)}"
+        if cell.algo == PLANNER_ALGO:
+            ident = {"kind": "planner", "task": cell.task, "level": cell.level, **self.real_identity(cell.task, cell.level),
+                     **self.planner_identity(cell.task, cell.level), "seeds": p.seeds,
+                     "eval_episodes": p.eval_episodes}
+            return f"{cell.task}-{cell.level}-dd-{_hash(ident)}"
         ident = {"kind": "agent", "algo": cell.algo, "task": cell.task, "level": cell.level,
                  **self.real_identity(cell.task, cell.level),
                  "generated": self.generated_id(cell) if cell.generated else None,
@@ -347,13 +464,20 @@ class Workspace:
             return None
         if rec.get("status") != "done":
             return None
-        if cell.kind == "agent" and rec.get("steps") != self.p.agent_steps:
+        if cell.kind == "agent" and cell.algo != PLANNER_ALGO and rec.get("steps") != self.p.agent_steps:
             return None
         return rec
 
     def run_cell(self, cell: Cell, key: str) -> dict:
         """Run one cell; a finished one's record is stored (and returned)."""
-        rec = self._run_agent(cell, key) if cell.kind == "agent" else self._run_consistency(cell, key)
+        if cell.kind == "timing":
+            rec = self._run_timing(cell, key)
+        elif cell.algo == PLANNER_ALGO:
+            rec = self._run_planner(cell, key)
+        elif cell.kind == "agent":
+            rec = self._run_agent(cell, key)
+        else:
+            rec = self._run_consistency(cell, key)
         if rec["status"] == "done":
             atomic_write_json(self.record_path(key), rec)
         return rec
@@ -378,6 +502,47 @@ class Workspace:
                 "seeds": res["seeds"], "eval_episodes": res["eval_episodes"], "last": res["last"], "best": res["best"],
                 "train_seconds": res.get("train_seconds"), "eval_seconds": res.get("eval_seconds"),
                 "wall_seconds_this_call": time.perf_counter() - t0, "finished": _now()}
+
+    def _run_planner(self, cell: Cell, key: str) -> dict:
+        """DD's score: the planner evaluated with the agents' seeds and episodes (their training-time stream)."""
+        p, t0 = self.p, time.perf_counter()
+        path = self.ensure_planner(cell.task, cell.level)
+        setup_torch(self.cfg.device, p.threads)
+        res = evaluate_planner(path, episodes=p.eval_episodes, seeds=p.seeds, seed=0, stream=TRAINING_STREAM,
+                               device=self.cfg.device, out=self.root / RUNS_DIR / key)
+        return {"status": "done", "key": key, "cell": cell.to_dict(), "real_dataset": self.real_source(cell.task,
+                cell.level), "generated_dataset": None, "bundle": str(path), "run_dir": str(self.root / RUNS_DIR / key),
+                "steps": res["step"], "planner_steps": res["step"], "seeds": res["seeds"],
+                "eval_episodes": res["episodes"], "last": res["normalized"], "best": res["normalized"],
+                "eval_seconds": res["eval_seconds"], "wall_seconds_this_call": time.perf_counter() - t0,
+                "finished": _now()}
+
+    def _run_timing(self, cell: Cell, key: str) -> dict:
+        """Per-episode inference time of one method's policy (seed 0), one episode at a time, in this process."""
+        p = self.p
+        if cell.algo == PLANNER_ALGO:
+            source = self.ensure_planner(cell.task, cell.level)
+            device = setup_torch(self.cfg.device, p.threads)
+            policy: object = PlannerPolicy(PlannerBundle.load(source, str(device), expect_task=cell.task).planner)
+        else:
+            agent_cell = replace(cell, kind="agent")
+            self.prepare(agent_cell)
+            agent_key = self.cell_key(agent_cell)
+            rec = self.finished_record(agent_cell, agent_key) or self.run_cell(agent_cell, agent_key)
+            source = Path(rec["run_dir"])
+            setup_torch("cpu", p.threads)
+            actor = load_seed_policy(source)
+
+            def policy(obs):  # (1, 1, obs_dim) -> (1, 1, act_dim)
+                with torch.no_grad():
+                    return actor(torch.from_numpy(obs.reshape(1, -1))).numpy()
+
+        task = get_task(cell.task)
+        timed = time_episodes(task, policy, reset_seeds(0, p.timing_episodes, FINAL_STREAM))
+        inf, steps = np.asarray(timed["inference_seconds"]), np.asarray(timed["steps"])
+        return {"status": "done", "key": key, "cell": cell.to_dict(), "source": str(source), **timed,
+                "inference": aggregate(inf), "ms_per_step": float(1e3 * inf.sum() / steps.sum()),
+                "hardware": machine_info(self.cfg.device), "finished": _now()}
 
     def _run_consistency(self, cell: Cell, key: str) -> dict:
 
@@ -453,6 +618,7 @@ def run_experiment(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -
     echo(f"{exp.name}: {exp.title}; preset {cfg.preset.name}, {len(cells)} cells, output {folder}")
     records: list[dict] = []
     ran = 0
+    locks = ws.root / LOCKS_DIR
     bar = tqdm(cells, desc=exp.name, unit="cell", disable=not cfg.progress)
     try:
         for cell in bar:
@@ -464,14 +630,31 @@ def run_experiment(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -
             if cfg.max_cells is not None and ran >= cfg.max_cells:
                 records.append({"status": "pending", "key": key, "cell": cell.to_dict()})
                 continue
-            ran += 1
             bar.set_postfix_str(f"{cell.env} {cell.method or cell.data_level}")
-            if ws.needs_bundle(cell):  # the key covers the bundle's content, known once the bundle exists
-                ws.ensure_bundle(cell.task, cell.level)
-                key = ws.cell_key(cell)
-            records.append(ws.run_cell(cell, key))
+            # the claim is named by the cell itself, not its key: a key changes once the cell's bundle exists
+            claim = locks / CELLS_DIR / f"{cell.env}-{_slug(cell.method or cell.data_level)}-{_hash(cell.to_dict())}.lock"
+            try:
+                with exclusive_lock(claim, f"experiment cell {cell.env} {cell.method or cell.data_level}",
+                                    hint="another dawm experiment process runs it", prune_to=locks):
+                    with exclusive_lock(locks / f"prepare-{cell.env}.lock", f"the inputs of {cell.env}", wait=True,
+                                        prune_to=locks):
+                        ws.prepare(cell)  # the key covers the bundle's / planner's content, known once it exists
+                    key = ws.cell_key(cell)
+                    rec = ws.finished_record(cell, key)  # finished by another process meanwhile?
+                    if rec is None:
+                        ran += 1
+                        rec = ws.run_cell(cell, key)
+                    records.append(rec)
+            except LockHeldError as held:
+                echo(f"{cell.env} {cell.method or cell.data_level}: run by {held.holders}; moving on")
+                records.append({"status": "pending", "key": key, "cell": cell.to_dict(), "held_by": held.holders})
     finally:
         bar.close()
+        # cells other processes held may have finished since: the report shows what is on disk now
+        for i, rec in enumerate(records):
+            if rec.get("held_by"):
+                cell = Cell(**rec["cell"])
+                records[i] = ws.finished_record(cell, ws.cell_key(cell)) or rec
         results = {
             "experiment": exp.name, "title": exp.title, "note": exp.note, "preset": cfg.preset.to_dict(),
             "tasks": list(tasks), "levels": list(levels), "root": str(ws.root), "device": cfg.device,
@@ -479,5 +662,6 @@ def run_experiment(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -
             "counts": {s: sum(r["status"] == s for r in records) for s in STATUSES}, "cells": records,
             "updated": _now(),
         }
-        write_experiment_report(exp, results, folder)
+        with exclusive_lock(locks / f"report-{exp.name}.lock", f"the {exp.name} report", wait=True, prune_to=locks):
+            write_experiment_report(exp, results, folder)
     return results

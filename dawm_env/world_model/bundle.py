@@ -113,6 +113,8 @@ def scan_bundles() -> list[tuple[Path, Optional[dict], Optional[str]]]:
                     found.append((path, read_bundle_meta(path), None))
                 except (CheckpointError, OSError) as err:
                     found.append((path, None, str(err)))
+            elif (path / "planner.json").is_file() or (path / "dd.json").is_file():
+                continue  # a Decision Diffuser planner bundle (dawm_env.planner): listed by scan_planners
             elif any((path / f"{stem}.json").is_file() for stem in ("world_model", "idm")):
                 found.append((path, None, "no bundle.json: train both the world model and the IDM into it"))
     return found
@@ -139,6 +141,9 @@ def read_bundle_meta(path: str | os.PathLike) -> dict:
         CheckpointError: naming the file and what is wrong.
     """
     path = Path(path)
+    if not (path / "bundle.json").is_file() and ((path / "planner.json").is_file() or (path / "dd.json").is_file()):
+        raise CheckpointError(f"{path} is a Decision Diffuser planner bundle, not a world-model bundle; use it with "
+                              f"dawm evaluate-planner {path}")
     meta = _read_json(path / "bundle.json")
     if meta.get("format") != BUNDLE_FORMAT:
         raise CheckpointError(f"{path}/bundle.json is not a {BUNDLE_FORMAT} file (format={meta.get('format')!r})")
@@ -172,8 +177,9 @@ def _trained_config(path: Path, stem: str) -> tuple[Optional[dict], str]:
     return None, ""
 
 
-def _check_fits_weights(path: Path, stem: str, cfg: dict) -> None:
-    """Refuse a ``bundle.json`` config whose structural fields differ from the ones the weights were trained with."""
+def _check_fits_weights(path: Path, stem: str, cfg: dict, fields: Optional[Sequence[str]] = None) -> None:
+    """Refuse a ``bundle.json`` config whose structural fields (default: :data:`STRUCTURAL_FIELDS` of ``stem``)
+    differ from the ones the weights were trained with."""
     trained, where = _trained_config(path, stem)
     if trained is None:
         return
@@ -181,7 +187,7 @@ def _check_fits_weights(path: Path, stem: str, cfg: dict) -> None:
     def norm(v: object) -> object:
         return list(v) if isinstance(v, (list, tuple)) else v  # JSON lists vs config tuples
 
-    for key in STRUCTURAL_FIELDS[stem]:
+    for key in STRUCTURAL_FIELDS[stem] if fields is None else fields:
         if key in trained and norm(cfg[key]) != norm(trained[key]):
             raise CheckpointError(
                 f"{path}/bundle.json: {stem} {key} = {cfg[key]!r}, but the weights were trained with "

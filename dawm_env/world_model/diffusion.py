@@ -4,6 +4,10 @@ Data layout (already normalised): ``x (B, T, D)`` with ``D = obs_dim + act_dim +
 ``[state | action | reward]``. Row 0 is ``(s_t, a_t, r_t)``; rows ``1..H`` are
 ``(s_{t+h}, 0, r_{t+h})``: future actions are not modelled (the IDM infers them later).
 
+The same class is the Decision Diffuser planner (:mod:`dawm_env.planner`): ``act_dim = 0`` and
+``reward = False`` give states-only windows ``D = obs_dim`` (rows ``s_t .. s_{t+T-1}``), conditioned on the
+in-painted ``s_t`` and the return-to-go only.
+
 Known entries (in-painted, Decision Diffuser's ``apply_conditioning``): row-0 state and action
 columns, and every future action column (= 0). They are overwritten in ``x_k`` before the network
 call in training and after every reverse step in sampling, and are excluded from the loss.
@@ -86,7 +90,8 @@ class GaussianDiffusion(nn.Module):
     Args:
         model: the noise predictor; its ``horizon`` / ``transition_dim`` / ``act_dim`` must match.
         obs_dim: state size.
-        act_dim: action size.
+        act_dim: size of the conditioning action (in-painted in row 0 and embedded); 0 = no action columns and
+            no action condition (the planner).
         n_diffusion_steps: K.
         cond_drop_prob: probability of the null (a_t, g) condition in training.
         n_sampling_steps: default N for :meth:`sample`.
@@ -94,9 +99,10 @@ class GaussianDiffusion(nn.Module):
         temperature: default sampling temperature.
         clip_denoised: clamp predicted ``x_0`` to ``[-c, c]`` while sampling (None = off); see also
             :meth:`set_x0_bounds` for per-column data bounds.
+        reward: whether the last column is a modelled reward (the world model); False = no reward column.
 
     Shapes:
-        ``T = model.horizon`` rows, ``D = obs_dim + act_dim + 1`` columns.
+        ``T = model.horizon`` rows, ``D = obs_dim + act_dim + (1 if reward else 0)`` columns.
     """
 
     def __init__(
@@ -110,12 +116,14 @@ class GaussianDiffusion(nn.Module):
         guidance_weight: float = 1.2,
         temperature: float = 0.5,
         clip_denoised: Optional[float] = None,
+        reward: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
         self.obs_dim = obs_dim
         self.act_dim = act_dim
-        self.transition_dim = obs_dim + act_dim + 1
+        self.has_reward = bool(reward)
+        self.transition_dim = obs_dim + act_dim + int(self.has_reward)
         self.horizon = model.horizon
         if model.transition_dim != self.transition_dim or model.act_dim != act_dim:
             raise ValueError(
@@ -196,13 +204,25 @@ class GaussianDiffusion(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ conditioning
-    def known_values(self, state0: torch.Tensor, action0: torch.Tensor) -> torch.Tensor:
-        """Dense tensor ``(B, T, D)`` holding ``s_t``, ``a_t`` in row 0 and zeros elsewhere."""
+    def known_values(self, state0: torch.Tensor, action0: Optional[torch.Tensor]) -> torch.Tensor:
+        """Dense tensor ``(B, T, D)`` holding ``s_t``, ``a_t`` in row 0 and zeros elsewhere (``action0`` may be
+        None when ``act_dim == 0``)."""
         b = state0.shape[0]
         vals = state0.new_zeros(b, self.horizon, self.transition_dim)
         vals[:, 0, : self.obs_dim] = state0
-        vals[:, 0, self.obs_dim : self.obs_dim + self.act_dim] = action0
+        if self.act_dim:
+            vals[:, 0, self.obs_dim : self.obs_dim + self.act_dim] = action0
         return vals
+
+    def _action0(self, action0: Optional[torch.Tensor], state0: torch.Tensor) -> torch.Tensor:
+        """``(B, act_dim)`` conditioning action on ``state0``'s device and dtype (empty ``(B, 0)`` without one)."""
+        if self.act_dim == 0:
+            if action0 is not None and action0.numel():
+                raise ValueError("this diffusion model has no action condition (act_dim = 0); pass action0=None")
+            return state0.new_zeros(state0.shape[0], 0)
+        if action0 is None:
+            raise ValueError(f"this diffusion model is conditioned on a {self.act_dim}-dim action; got None")
+        return action0.to(state0.device, state0.dtype)
 
     def apply_conditioning(self, x: torch.Tensor, known_values: torch.Tensor) -> torch.Tensor:
         """In-paint: ``x (B, T, D)`` with the known entries replaced EXACTLY by ``known_values (B, T, D)``."""
@@ -256,7 +276,7 @@ class GaussianDiffusion(nn.Module):
         self,
         x: torch.Tensor,
         k: torch.Tensor,
-        action0: torch.Tensor,
+        action0: Optional[torch.Tensor],
         rtg: torch.Tensor,
         guidance_weight: float,
     ) -> torch.Tensor:
@@ -266,13 +286,14 @@ class GaussianDiffusion(nn.Module):
         Args:
             x: ``(B, T, D)`` noisy windows (already in-painted).
             k: ``(B,)`` long step indices.
-            action0: ``(B, act_dim)``; rtg: ``(B,)`` or ``(B, 1)``.
+            action0: ``(B, act_dim)`` (None when ``act_dim == 0``); rtg: ``(B,)`` or ``(B, 1)``.
             guidance_weight: w (0 = unconditional, 1 = conditional, > 1 = extrapolate).
 
         Returns:
             ``(B, T, D)``.
         """
         b = x.shape[0]
+        action0 = self._action0(action0, x)  # (B, 0) for the planner
         if guidance_weight in (0.0, 1.0):
             # w = 1 is the conditional prediction, w = 0 the unconditional one: one pass on B rows, not 2B
             cond = torch.full((b,), guidance_weight == 1.0, device=x.device, dtype=torch.bool)
@@ -289,7 +310,7 @@ class GaussianDiffusion(nn.Module):
     def sample(
         self,
         state0: torch.Tensor,
-        action0: torch.Tensor,
+        action0: Optional[torch.Tensor],
         rtg: torch.Tensor | float,
         guidance_weight: Optional[float] = None,
         n_steps: Optional[int] = None,
@@ -301,7 +322,7 @@ class GaussianDiffusion(nn.Module):
 
         Args:
             state0: ``(B, obs_dim)`` normalised ``s_t``.
-            action0: ``(B, act_dim)`` normalised ``a_t``.
+            action0: ``(B, act_dim)`` normalised ``a_t`` (None without an action condition, ``act_dim == 0``).
             rtg: ``(B,)`` or ``(B, 1)`` scaled return-to-go target (a scalar is broadcast).
             guidance_weight: w (default: the constructor's).
             n_steps: N strided reverse steps (default: the constructor's).
@@ -311,7 +332,8 @@ class GaussianDiffusion(nn.Module):
                 ``[0, 3]``: two reverse steps starting one below ``K - 1`` (:func:`check_timesteps`).
 
         Returns:
-            ``(B, T, D)`` normalised windows; row-0 ``s_t``/``a_t`` and future actions (0) are exact.
+            ``(B, T, D)`` normalised windows; row-0 ``s_t``/``a_t`` and future actions (0) are exact (the
+            planner: row 0 is ``s_t`` exactly).
         """
         w = self.guidance_weight if guidance_weight is None else guidance_weight
         n = self.n_sampling_steps if n_steps is None else n_steps
@@ -319,7 +341,7 @@ class GaussianDiffusion(nn.Module):
         b, dev, dt = state0.shape[0], state0.device, state0.dtype
         rtg = torch.as_tensor(rtg, device=dev, dtype=dt)
         rtg = rtg.reshape(1, 1).expand(b, 1) if rtg.numel() == 1 else rtg.reshape(b, 1)
-        action0 = action0.to(dev, dt)
+        action0 = self._action0(action0, state0)
         known = self.known_values(state0, action0)
         shape = (b, self.horizon, self.transition_dim)
 

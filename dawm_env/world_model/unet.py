@@ -1,4 +1,4 @@
-"""Temporal U-Net noise predictor (Decision Diffuser style) conditioned on ``(k, a_t, g)``.
+"""Temporal U-Net noise predictor (Decision Diffuser style) conditioned on ``(k, a_t, g)`` or ``(k, g)``.
 
 The window ``x (B, T, D)`` is treated as a 1-D signal over time with ``D`` channels. Each resolution
 level has two :class:`ResidualTemporalBlock`; all but the last level halve ``T``. The decoder mirrors
@@ -7,9 +7,11 @@ the encoder with skip connections. As in Decision Diffuser / ``diffuser``, the s
 
 Conditioning embedding (fed to every residual block):
 - diffusion step ``k``: sinusoidal(dim) + 2-layer MLP -> ``dim``;
-- conditioning action ``a_t``: 3-layer MLP -> ``dim``;
+- conditioning action ``a_t``: 3-layer MLP -> ``dim`` (only when ``act_dim > 0``: the world model);
 - return-to-go ``g``: 3-layer MLP -> ``dim``;
-concatenated to ``3 * dim`` (each block then applies its own ``Mish -> Linear``, i.e. concat+linear).
+concatenated to ``3 * dim`` (``2 * dim`` without the action: the Decision Diffuser planner of
+:mod:`dawm_env.planner`, whose windows hold states only); each block then applies its own ``Mish -> Linear``,
+i.e. concat+linear.
 Classifier-free guidance: where ``cond_mask`` is False the action and return embeddings are zeroed
 (the "null" condition, as Decision Diffuser does). ``s_t`` is not embedded: it is in-painted into
 ``x`` by :class:`~dawm_env.world_model.diffusion.GaussianDiffusion` for both passes.
@@ -38,16 +40,17 @@ class TemporalUnet(nn.Module):
     Args:
         horizon: number of rows ``T`` of the window the net processes (``T = H + 1``; the world model
             config calls ``H`` the horizon). Must be divisible by ``2 ** (len(dim_mults) - 1)``.
-        transition_dim: columns ``D = obs_dim + act_dim + 1`` of one row.
-        act_dim: size of the conditioning action ``a_t``.
+        transition_dim: columns ``D`` of one row (world model: ``obs_dim + act_dim + 1``; planner: ``obs_dim``).
+        act_dim: size of the conditioning action ``a_t``; 0 = no action condition (no action embedding).
         dim: base channel width (also the size of each embedding).
         dim_mults: channel multipliers per resolution level.
         kernel_size: temporal conv kernel size.
         n_groups: GroupNorm groups; every ``dim * m`` must be divisible by it.
 
     Shapes:
-        forward: ``x (B, T, D)``, ``k (B,)`` long, ``action (B, act_dim)``, ``rtg (B,)`` or ``(B, 1)``,
-        ``cond_mask (B,)`` bool or None (= all conditioned) -> ``(B, T, D)`` predicted noise.
+        forward: ``x (B, T, D)``, ``k (B,)`` long, ``action (B, act_dim)`` (None or ``(B, 0)`` when
+        ``act_dim == 0``), ``rtg (B,)`` or ``(B, 1)``, ``cond_mask (B,)`` bool or None (= all conditioned) ->
+        ``(B, T, D)`` predicted noise.
     """
 
     def __init__(
@@ -82,9 +85,12 @@ class TemporalUnet(nn.Module):
 
         # Step embedding: sinusoidal + 2-layer MLP. Condition embeddings: 3-layer MLPs.
         self.time_mlp = nn.Sequential(SinusoidalPosEmb(dim), mlp(dim, (dim * 4,), dim))
-        self.action_mlp = mlp(act_dim, (dim, dim * 4), dim)
+        if act_dim < 0:
+            raise ValueError(f"act_dim must be >= 0, got {act_dim}")
+        # created only when used: the world model's weights (and their init order) are unchanged
+        self.action_mlp: Optional[nn.Module] = mlp(act_dim, (dim, dim * 4), dim) if act_dim > 0 else None
         self.rtg_mlp = mlp(1, (dim, dim * 4), dim)
-        embed_dim = 3 * dim
+        embed_dim = (3 if act_dim > 0 else 2) * dim
 
         dims = [transition_dim, *(dim * m for m in dim_mults)]
         in_out = list(zip(dims[:-1], dims[1:]))
@@ -124,29 +130,34 @@ class TemporalUnet(nn.Module):
     def embed(
         self,
         k: torch.Tensor,
-        action: torch.Tensor,
+        action: Optional[torch.Tensor],
         rtg: torch.Tensor,
         cond_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Combined embedding ``(B, 3 * dim)`` of ``k (B,)``, ``action (B, act_dim)``, ``rtg (B,)|(B, 1)``.
+        """Combined embedding ``(B, 3 * dim)`` of ``k (B,)``, ``action (B, act_dim)``, ``rtg (B,)|(B, 1)``
+        (``(B, 2 * dim)`` of ``k`` and ``rtg`` when ``act_dim == 0``; ``action`` is then ignored).
 
         Where ``cond_mask (B,)`` is False the action and rtg parts are zero (null condition).
         """
         b = k.shape[0]
         t_emb = self.time_mlp(k)
-        a_emb = self.action_mlp(action)
-        g_emb = self.rtg_mlp(rtg.reshape(b, 1).to(a_emb.dtype))
+        g_emb = self.rtg_mlp(rtg.reshape(b, 1).to(t_emb.dtype))
+        parts = [t_emb]
+        if self.action_mlp is not None:
+            if action is None:
+                raise ValueError(f"this network is conditioned on a {self.act_dim}-dim action; got action=None")
+            parts.append(self.action_mlp(action))
+        parts.append(g_emb)
         if cond_mask is not None:
-            keep = cond_mask.reshape(b, 1).to(a_emb.dtype)
-            a_emb = a_emb * keep
-            g_emb = g_emb * keep
-        return torch.cat((t_emb, a_emb, g_emb), dim=-1)
+            keep = cond_mask.reshape(b, 1).to(t_emb.dtype)
+            parts[1:] = [p * keep for p in parts[1:]]
+        return torch.cat(parts, dim=-1)
 
     def forward(
         self,
         x: torch.Tensor,
         k: torch.Tensor,
-        action: torch.Tensor,
+        action: Optional[torch.Tensor],
         rtg: torch.Tensor,
         cond_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:

@@ -449,7 +449,8 @@ def _parse_overrides(values: Optional[list[str]], what: str) -> dict[str, str]:
 
 
 def _parse_fields(values: Optional[list[str]], flag: str) -> dict[str, object]:
-    """``FIELD=JSON`` options -> ``{"FIELD": value}`` (``horizon=16``, ``dim_mults=[1,2,4]``, ``clip_denoised=null``)."""
+    """``FIELD=VALUE`` options -> ``{"FIELD": value}``: JSON values (``horizon=16``, ``dim_mults=[1,2,4]``,
+    ``clip_denoised=null``), anything else a string (``dd_preset=cpu``)."""
     out: dict[str, object] = {}
     for item in values or []:
         key, sep, value = item.partition("=")
@@ -457,14 +458,14 @@ def _parse_fields(values: Optional[list[str]], flag: str) -> dict[str, object]:
             raise ValueError(f"{flag} {item!r}: expected FIELD=VALUE, e.g. {flag} horizon=16")
         try:
             out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            raise ValueError(f"{flag} {item!r}: the value must be JSON (a number, [1,2,4], true or null)") from None
+        except json.JSONDecodeError:  # a bare word: a string (--set dd_preset=cpu)
+            out[key.strip()] = value.strip()
     return out
 
 
 @app.command("experiment")
 def experiment_cmd(
-    name: str = typer.Argument(..., help="table2, table4, table5, table6, ablation-idm or consistency."),
+    name: str = typer.Argument(..., help="table2, table3, table4, table5, table6, ablation-idm or consistency."),
     preset: str = typer.Option("cpu", help="Budget: smoke (seconds), cpu (2 CPU cores) or paper."),
     tasks: Optional[list[str]] = typer.Option(None, help="Tasks (repeat or comma-separate; default: the preset's)."),
     levels: Optional[list[str]] = typer.Option(None, help="Levels (repeat or comma-separate; default: the preset's)."),
@@ -478,15 +479,19 @@ def experiment_cmd(
                    "(repeatable)."),
     bundle: Optional[list[str]] = typer.Option(None, help="TASK/LEVEL=BUNDLE: use this bundle (repeatable)."),
     max_cells: Optional[int] = typer.Option(None, help="Run at most this many unfinished cells, then stop."),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override any preset field, e.g. --set dd_steps=5000 --set horizons=[1,3] (repeatable)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     threads: Optional[int] = typer.Option(
         None, help="torch CPU threads (default: $DAWM_THREADS, else the preset's, else torch's default)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Run (or resume) one of the paper's experiments; writes results.json, table.md and plots."""
+    """Run (or resume) one of the paper's experiments; writes results.json, table.md and plots.
+
+    Several processes may run the same command at once (e.g. a Slurm array): they share the cells."""
     from dataclasses import replace
 
-    from dawm_env.experiments.presets import get_preset
+    from dawm_env.experiments.presets import ExperimentPreset, get_preset
     from dawm_env.experiments.runner import ExperimentConfig, run_experiment
     from dawm_env.runtime import cli_threads
 
@@ -494,6 +499,12 @@ def experiment_cmd(
         overrides = {k: v for k, v in dict(tasks=_split_list(tasks), levels=_split_list(levels), seeds=seeds,
                                            agent_steps=steps, eval_every=eval_every, eval_episodes=eval_episodes,
                                            threads=cli_threads(threads)).items() if v is not None}
+        fields = _parse_fields(set_, "--set")
+        unknown = sorted(set(fields) - set(ExperimentPreset.field_names()) - {"name"})
+        if unknown or "name" in fields:
+            raise ValueError(f"--set: unknown preset field(s) {unknown or ['name']}; valid: "
+                             f"{', '.join(f for f in ExperimentPreset.field_names() if f != 'name')}")
+        overrides.update({k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
         cfg = ExperimentConfig(name=name, preset=replace(get_preset(preset), **overrides), out=out,
                                datasets=_parse_overrides(dataset, "dataset"),
                                bundles=_parse_overrides(bundle, "bundle"),

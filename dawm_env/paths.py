@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import IO, Any, Iterator, Optional
 
 #: The behaviour policies shipped inside the package (actor weights as safetensors + JSON).
 SHIPPED_POLICIES_DIR = Path(__file__).resolve().parent / "policies"
@@ -107,13 +107,15 @@ def new_temp_file(path: Path, suffix: str) -> tuple[int, str]:
     return fd, tmp
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file + rename: readers never see half a file."""
+@contextlib.contextmanager
+def _replaced_atomically(path: Path, mode: str) -> Iterator[IO]:
+    """A temp file beside ``path`` to write into (``mode`` ``"w"`` / ``"wb"``), fsynced and renamed onto ``path``
+    when the block ends; removed if it raises: readers see the old file or the whole new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = new_temp_file(path, ".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -122,19 +124,16 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file + rename: readers never see half a file."""
+    with _replaced_atomically(path, "w") as fh:
+        fh.write(text)
+
+
 def atomic_copy(src: Path, dst: Path) -> None:
     """Copy the file ``src`` to ``dst`` via a temp file + rename: ``dst`` is absent or complete, never half."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = new_temp_file(dst, ".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _replaced_atomically(dst, "wb") as out, open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

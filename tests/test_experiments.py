@@ -244,3 +244,34 @@ def test_an_equal_generated_dataset_under_another_id_is_reused(overrides, tmp_pa
     # another horizon is a different dataset: generated under the experiment's own id
     other = replace(cell, horizon=1)
     assert ws.ensure_generated(other, real, bundle) == ws.generated_id(other)
+
+
+def test_a_cell_another_process_holds_is_skipped_then_taken_over(overrides, tmp_path, count_train_calls):
+    """Parallel processes on one output folder: a held cell is left to its holder (pending, ``held_by``), the
+    others run; once the holder dies (its flock is dropped by the OS) a rerun runs the rest."""
+    import subprocess
+    import sys
+
+    from dawm_env.experiments.registry import get_experiment
+    from dawm_env.experiments.runner import Workspace, resolve_grid
+
+    root = tmp_path / "exp"
+    cfg = _cfg("table5", overrides, root)
+    cells = get_experiment("table5").cells(cfg.preset, *resolve_grid(get_experiment("table5"), cfg.preset))
+    claim = Workspace(cfg).claim_path(cells[0])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; p = sys.argv[1]; os.makedirs(os.path.dirname(p), "
+         "exist_ok=True); f = open(p, 'a'); f.write(str(os.getpid())); f.flush(); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('held', flush=True); time.sleep(600)", str(claim)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = run_experiment(cfg, echo=lambda _: None)
+        statuses = [(r["status"], r.get("held_by")) for r in res["cells"]]
+        assert statuses[0][0] == "pending" and str(holder.pid) in statuses[0][1]
+        assert statuses[1] == ("done", None) and len(count_train_calls) == 1
+        assert "pending" in (root / "table5" / "table.md").read_text()
+    finally:
+        holder.kill()
+        holder.wait()
+    res = run_experiment(cfg, echo=lambda _: None)
+    assert res["complete"] and len(count_train_calls) == 2

@@ -452,6 +452,12 @@ class Workspace:
         data = _data_tag(cell) if cell.generated else "real"
         return f"{cell.task}-{cell.level}-{cell.algo}-{data}-{_hash(ident)}"
 
+    def claim_path(self, cell: Cell) -> Path:
+        """Lock file a process holds while it runs ``cell``: named by the cell itself, not by its key (a key
+        changes once the cell's bundle exists)."""
+        what = _slug(cell.method or cell.data_level)
+        return self.root / LOCKS_DIR / CELLS_DIR / f"{cell.env}-{what}-{_hash(cell.to_dict())}.lock"
+
     def record_path(self, key: str) -> Path:
         """Where a finished cell's record lives."""
         return self.root / CELLS_DIR / f"{key}.json"
@@ -631,8 +637,7 @@ def run_experiment(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -
                 records.append({"status": "pending", "key": key, "cell": cell.to_dict()})
                 continue
             bar.set_postfix_str(f"{cell.env} {cell.method or cell.data_level}")
-            # the claim is named by the cell itself, not its key: a key changes once the cell's bundle exists
-            claim = locks / CELLS_DIR / f"{cell.env}-{_slug(cell.method or cell.data_level)}-{_hash(cell.to_dict())}.lock"
+            claim = ws.claim_path(cell)
             try:
                 with exclusive_lock(claim, f"experiment cell {cell.env} {cell.method or cell.data_level}",
                                     hint="another dawm experiment process runs it", prune_to=locks):

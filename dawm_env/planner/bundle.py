@@ -23,19 +23,25 @@ from typing import Optional
 
 import numpy as np
 
-from dawm_env.checkpoint import CheckpointError, load_tensors
+from dawm_env.checkpoint import CheckpointError
 from dawm_env.data.loading import load_dataset
-from dawm_env.data.normalization import NormStats
 from dawm_env.paths import atomic_write_json, file_sha256
 from dawm_env.planner.config import DDConfig
 from dawm_env.planner.data import plan_source
 from dawm_env.planner.evaluation import evaluate_plans
 from dawm_env.planner.model import DecisionDiffuser, build_dd_model
 from dawm_env.runtime import resolve_device
-from dawm_env.tasks import TaskSpec, get_task
-from dawm_env.world_model.bundle import _check_fits_weights, _read_json, _require, bundle_roots
+from dawm_env.tasks import TaskSpec
+from dawm_env.world_model.bundle import (
+    _check_fits_weights,
+    _read_json,
+    _require,
+    bundle_roots,
+    load_weights,
+    parse_bundle_parts,
+)
 from dawm_env.world_model.evaluation import heldout_starts
-from dawm_env.world_model.idm import IDMConfig, InverseDynamics
+from dawm_env.world_model.idm import InverseDynamics
 
 PLANNER_FORMAT = "dawm-planner"
 PLANNER_VERSION = 1
@@ -197,28 +203,13 @@ class PlannerBundle:
         path = resolve_planner(name_or_dir)
         meta = read_planner_meta(path)
         where = path / PLANNER_FILE
-        try:
-            task = get_task(meta["task"])
-            dd_cfg = DDConfig.from_mapping(meta["dd_config"])
-            idm_cfg = IDMConfig.from_dict(meta["idm_config"])
-            stats = NormStats.from_dict(meta["norm_stats"])
-        except (ValueError, TypeError, AttributeError) as err:  # a hand-edited or foreign file
-            raise CheckpointError(f"{where}: {err}") from err
-        if expect_task is not None and get_task(expect_task).name != task.name:
-            raise ValueError(f"planner bundle {path} is for task {task.name}, not {get_task(expect_task).name}")
-        if len(stats.obs_mean) != task.obs_dim:
-            raise CheckpointError(f"{where}: norm_stats hold {len(stats.obs_mean)} state dims; {task.name} has "
-                                  f"{task.obs_dim}")
+        task, dd_cfg, idm_cfg, stats = parse_bundle_parts(meta, where, "dd_config", DDConfig.from_mapping, expect_task,
+                                                          "planner bundle")
         _check_fits_weights(path, DD_FILE, dd_cfg.to_dict(), DD_STRUCTURAL_FIELDS)
         _check_fits_weights(path, IDM_FILE, idm_cfg.to_dict())
         dd = build_dd_model(dd_cfg, task.obs_dim)
         idm = InverseDynamics.from_config(idm_cfg, task.obs_dim, task.act_dim)
-        for module, stem in ((dd, DD_FILE), (idm, IDM_FILE)):
-            tensors = load_tensors(path / f"{stem}.safetensors")
-            try:
-                module.load_state_dict(tensors)
-            except RuntimeError as err:
-                raise CheckpointError(f"{path}/{stem}.safetensors does not fit the config in {where}: {err}") from err
+        load_weights(path, where, ((dd, DD_FILE), (idm, IDM_FILE)))
         planner = DecisionDiffuser(diffusion=dd.to(dev).eval(), idm=idm.to(dev).eval(), stats=stats, config=dd_cfg)
         return cls(path=path, task=task, planner=planner, meta=meta)
 

@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -305,34 +305,52 @@ class Bundle:
         path = resolve_bundle(name_or_dir)
         meta = read_bundle_meta(path)
         where = path / "bundle.json"
-        try:
-            task = get_task(meta["task"])
-            wm_cfg = WorldModelConfig.from_dict(meta["world_model_config"])
-            idm_cfg = IDMConfig.from_dict(meta["idm_config"])
-            stats = NormStats.from_dict(meta["norm_stats"])
-        except (ValueError, TypeError, AttributeError) as err:  # a hand-edited or foreign file
-            raise CheckpointError(f"{where}: {err}") from err
-        if expect_task is not None and get_task(expect_task).name != task.name:
-            raise ValueError(f"bundle {path} is for task {task.name}, not {get_task(expect_task).name}")
-        if len(stats.obs_mean) != task.obs_dim:
-            raise CheckpointError(f"{where}: norm_stats hold {len(stats.obs_mean)} state dims; {task.name} has "
-                                  f"{task.obs_dim}")
+        task, wm_cfg, idm_cfg, stats = parse_bundle_parts(meta, where, "world_model_config", WorldModelConfig.from_dict,
+                                                          expect_task, "bundle")
         _check_fits_weights(path, "world_model", wm_cfg.to_dict())
         _check_fits_weights(path, "idm", idm_cfg.to_dict())
         wm = GaussianDiffusion.from_config(wm_cfg, task.obs_dim, task.act_dim)
         idm = InverseDynamics.from_config(idm_cfg, task.obs_dim, task.act_dim)
-        for module, stem in ((wm, "world_model"), (idm, "idm")):
-            tensors = load_tensors(path / f"{stem}.safetensors")
-            try:
-                module.load_state_dict(tensors)  # strict: every weight's name and shape must fit the config
-            except RuntimeError as err:
-                raise CheckpointError(f"{path}/{stem}.safetensors does not fit the config in {where}: {err}") from err
+        load_weights(path, where, ((wm, "world_model"), (idm, "idm")))
         seeds = load_tensors(path / "seeds.safetensors")
         _check_seeds(seeds, task, path / "seeds.safetensors")
         return cls(path=path, task=task, world_model=wm.to(device).eval(), idm=idm.to(device).eval(),
                    stats=stats, seed_states=seeds["states"].numpy(),
                    seed_actions=seeds["actions"].numpy(), seed_rtg=seeds["rtg"].numpy(), meta=meta,
                    pessimism=read_calibration(path))
+
+
+def parse_bundle_parts(meta: dict, where: Path, model_key: str, parse_model: Callable[[Any], Any],
+                       expect_task: Optional[str], what: str) -> tuple[TaskSpec, Any, IDMConfig, NormStats]:
+    """``(task, model config, IDM config, norm stats)`` of a bundle's JSON (world model or planner), checked.
+
+    Raises:
+        CheckpointError: a field that does not parse, or stats of another state size (``where`` names the file).
+        ValueError: the bundle is not for ``expect_task``.
+    """
+    try:
+        task = get_task(meta["task"])
+        model_cfg = parse_model(meta[model_key])
+        idm_cfg = IDMConfig.from_dict(meta["idm_config"])
+        stats = NormStats.from_dict(meta["norm_stats"])
+    except (ValueError, TypeError, AttributeError) as err:  # a hand-edited or foreign file
+        raise CheckpointError(f"{where}: {err}") from err
+    if expect_task is not None and get_task(expect_task).name != task.name:
+        raise ValueError(f"{what} {where.parent} is for task {task.name}, not {get_task(expect_task).name}")
+    if len(stats.obs_mean) != task.obs_dim:
+        raise CheckpointError(f"{where}: norm_stats hold {len(stats.obs_mean)} state dims; {task.name} has "
+                              f"{task.obs_dim}")
+    return task, model_cfg, idm_cfg, stats
+
+
+def load_weights(path: Path, where: Path, parts: Sequence[tuple[torch.nn.Module, str]]) -> None:
+    """Load ``path/<stem>.safetensors`` into each ``(module, stem)`` strictly (every name and shape must fit)."""
+    for module, stem in parts:
+        tensors = load_tensors(path / f"{stem}.safetensors")
+        try:
+            module.load_state_dict(tensors)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}/{stem}.safetensors does not fit the config in {where}: {err}") from err
 
 
 def _check_seeds(seeds: dict[str, torch.Tensor], task: TaskSpec, path: Path) -> None:

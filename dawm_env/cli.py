@@ -523,14 +523,17 @@ def experiment_cmd(
 
 @bundle_app.command("list")
 def bundle_list() -> None:
-    """List bundles shipped with dawm and under $DAWM_HOME/bundles."""
+    """List bundles (world model + IDM) and Decision Diffuser planners, shipped and under $DAWM_HOME/bundles."""
+    from dawm_env.planner.bundle import scan_planners
     from dawm_env.world_model.bundle import scan_bundles
 
-    for path, meta, problem in scan_bundles():
-        if meta is None:  # a broken folder is listed with its reason; the others are still listed
-            typer.echo(f"{path.name:24s} {'BROKEN':12s} {problem}")
-            continue
-        typer.echo(f"{path.name:24s} {str(meta['task']):12s} {str(meta.get('dataset', '?')):36s} {path}")
+    for kind, found in (("world model", scan_bundles()), ("DD planner", scan_planners())):
+        for path, meta, problem in found:
+            if meta is None:  # a broken folder is listed with its reason; the others are still listed
+                typer.echo(f"{path.name:24s} {kind:12s} {'BROKEN':12s} {problem}")
+                continue
+            typer.echo(f"{path.name:24s} {kind:12s} {str(meta['task']):12s} {str(meta.get('dataset', '?')):36s} "
+                       f"{path}")
 
 
 @bundle_app.command("info")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,6 +167,13 @@ def test_train_evaluate_cli_and_bundle_errors(hopper_npz, tmp_path, tiny_bundle)
     meta = json.loads((out / "planner.json").read_text())
     assert meta["format"] == "dawm-planner" and len(meta["metrics"]["state_mse_per_step"]) == SMOKE.horizon - 1
     assert json.loads((out / "dd_quality_curve.json").read_text())["curve"][-1]["step"] == 30
+
+    named = Path(os.environ["DAWM_HOME"]) / "bundles" / "tiny-dd"  # found by name, listed as a planner
+    named.parent.mkdir(parents=True)
+    named.symlink_to(out)
+    assert PlannerBundle.load("tiny-dd").steps == SMOKE.train_steps
+    listing = [line for line in cli("bundle", "list").output.splitlines() if line.startswith("tiny-dd")]
+    assert len(listing) == 1 and "DD planner" in listing[0] and "BROKEN" not in listing[0]
 
     res = cli("evaluate-planner", out, "--episodes", "2", "--seeds", "2", "--out", tmp_path / "ev", "--threads", "1")
     assert res.exit_code == 0, res.output

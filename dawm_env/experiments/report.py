@@ -189,18 +189,21 @@ def timing_table(results: dict) -> str:
     for env, by_method in per_env.items():
         ref = by_method.get("DAWM-TD3BC")
         for method, r in by_method.items():
-            ratio = (f"{r['inference']['mean'] / ref['inference']['mean']:.0f}x" if ref and ref["inference"]["mean"] > 0
-                     else MISSING)
-            rows.append([env, method, format_score(r["inference"], 3), f"{r['ms_per_step']:.3f}",
+            # per step: episodes end at a fall, so per-episode times of methods that fall at different steps
+            # do not compare
+            ratio = f"{r['ms_per_step'] / ref['ms_per_step']:.0f}x" if ref and ref["ms_per_step"] > 0 else MISSING
+            rows.append([env, method, format_score(r["inference"], 3), f"{np.mean(r['episode_seconds']):.3f}",
+                         f"{r['ms_per_step']:.3f}",
                          f"{np.mean(r['steps']):.0f}", f"{np.mean(r['normalized']):.1f}", ratio])
     hw = done[0]["hardware"] if done else {}
     lines = [f"# {results['experiment']}: {results['title']}", "",
-             "Inference seconds per real episode (mean ± std over episodes), one episode at a time (batch 1), "
-             "environment steps excluded; episodes end at a fall, so compare ms / step across methods. Measured in "
+             "Inference seconds per real episode (mean ± std over episodes; policy calls only), one episode at a time "
+             "(batch 1), and the whole episode with the MuJoCo steps; episodes end at a fall, so compare ms / step "
+             "(inference per real step) across methods. Measured in "
              f"one process on {hw.get('cpu', '?')} ({hw.get('logical_cores', '?')} logical cores, "
              f"{hw.get('torch_threads', '?')} torch thread(s), device {hw.get('device', '?')}).", "",
-             markdown_table(["env", "method", "inference s / episode", "ms / step", "steps / episode",
-                             "normalised score", "vs DAWM-TD3BC"], rows) if rows else "(no finished cell)", ""]
+             markdown_table(["env", "method", "inference s / episode", "s / episode with env steps", "ms / step", "steps / episode",
+                             "normalised score", "ms / step vs DAWM-TD3BC"], rows) if rows else "(no finished cell)", ""]
     lines += _status_lines(results)
     return "\n".join(lines)
 

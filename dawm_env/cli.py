@@ -538,10 +538,21 @@ def bundle_list() -> None:
 
 @bundle_app.command("info")
 def bundle_info(name: str = typer.Argument(..., help="Bundle name or folder.")) -> None:
-    """Print a bundle's task, data, configs and held-out metrics."""
+    """Print a bundle's (or a DD planner's) task, data, configs and held-out metrics."""
+    from dawm_env.planner.bundle import PlannerBundle, is_planner_folder, resolve_planner
     from dawm_env.world_model.bundle import Bundle
 
     try:
+        try:
+            planner_dir = resolve_planner(name)
+        except FileNotFoundError:
+            planner_dir = None
+        if planner_dir is not None and is_planner_folder(planner_dir):
+            planner = PlannerBundle.load(planner_dir)
+            meta = {k: v for k, v in planner.meta.items() if k != "norm_stats"}
+            typer.echo(f"planner bundle: {planner.path}")
+            typer.echo(json.dumps(meta, indent=2))
+            return
         bundle = Bundle.load(name)
     except _EXPECTED as err:
         _fail(err)

@@ -275,3 +275,15 @@ def test_a_cell_another_process_holds_is_skipped_then_taken_over(overrides, tmp_
         holder.wait()
     res = run_experiment(cfg, echo=lambda _: None)
     assert res["complete"] and len(count_train_calls) == 2
+
+
+def test_set_overrides_preset_fields_and_names_bad_ones(tmp_path):
+    from conftest import assert_one_line_error, cli
+
+    out = tmp_path / "exp"
+    assert_one_line_error(cli("experiment", "table5", "--preset", "smoke", "--out", out, "--set", "dd_stepz=5"),
+                          "unknown preset field(s) ['dd_stepz']", "dd_steps")
+    assert_one_line_error(cli("experiment", "table5", "--preset", "smoke", "--out", out, "--set", "dd_preset=gpu"),
+                          "unknown DDConfig preset 'gpu'")
+    assert_one_line_error(cli("experiment", "table5", "--preset", "smoke", "--out", out, "--set", "horizons=[0]"),
+                          "horizons needs one or more values >= 1")

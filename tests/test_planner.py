@@ -175,6 +175,9 @@ def test_train_evaluate_cli_and_bundle_errors(hopper_npz, tmp_path, tiny_bundle)
     listing = [line for line in cli("bundle", "list").output.splitlines() if line.startswith("tiny-dd")]
     assert len(listing) == 1 and "DD planner" in listing[0] and "BROKEN" not in listing[0]
 
+    info = cli("bundle", "info", "tiny-dd")
+    assert info.exit_code == 0 and "planner bundle:" in info.output and '"dd_config"' in info.output
+
     res = cli("evaluate-planner", out, "--episodes", "2", "--seeds", "2", "--out", tmp_path / "ev", "--threads", "1")
     assert res.exit_code == 0, res.output
     ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())

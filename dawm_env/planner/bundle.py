@@ -37,6 +37,7 @@ from dawm_env.world_model.bundle import (
     _read_json,
     _require,
     bundle_roots,
+    find_bundle_folder,
     load_weights,
     parse_bundle_parts,
 )
@@ -72,12 +73,9 @@ def planner_hash(path: str | os.PathLike) -> str:
 
 def resolve_planner(name_or_dir: str | os.PathLike) -> Path:
     """Folder of a planner bundle given by path or name; a clear error listing the known ones."""
-    p = Path(name_or_dir).expanduser()
-    if p.is_dir():
-        return p
-    for root in bundle_roots():
-        if (root / str(name_or_dir)).is_dir():
-            return root / str(name_or_dir)
+    found = find_bundle_folder(name_or_dir)
+    if found is not None:
+        return found
     known = ", ".join(sorted(path.name for path, meta, _ in scan_planners() if meta is not None)) or "none"
     raise FileNotFoundError(f"no planner bundle {str(name_or_dir)!r} (searched "
                             f"{', '.join(str(r) for r in bundle_roots())}; known: {known}). Train one: {TRAIN_HINT}")

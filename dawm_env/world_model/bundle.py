@@ -71,14 +71,20 @@ def write_component(out: Path, stem: str, state_dict: dict[str, torch.Tensor], m
     atomic_write_json(out / f"{stem}.json", meta)
 
 
-def resolve_bundle(name_or_dir: str | os.PathLike) -> Path:
-    """Folder of a bundle given by path or name; clear error listing what exists."""
+def find_bundle_folder(name_or_dir: str | os.PathLike) -> Optional[Path]:
+    """``name_or_dir`` if it is a folder, else the first ``<root>/<name>`` folder of :func:`bundle_roots`, else
+    None (shared by world-model and planner bundles)."""
     p = Path(name_or_dir).expanduser()
     if p.is_dir():
         return p
-    for root in bundle_roots():
-        if (root / str(name_or_dir)).is_dir():
-            return root / str(name_or_dir)
+    return next((r / str(name_or_dir) for r in bundle_roots() if (r / str(name_or_dir)).is_dir()), None)
+
+
+def resolve_bundle(name_or_dir: str | os.PathLike) -> Path:
+    """Folder of a bundle given by path or name; clear error listing what exists."""
+    found = find_bundle_folder(name_or_dir)
+    if found is not None:
+        return found
     known = ", ".join(sorted(b.name for b in list_bundles())) or "none"
     raise FileNotFoundError(
         f"no bundle {str(name_or_dir)!r} (searched {', '.join(str(r) for r in bundle_roots())}; known: {known}). "

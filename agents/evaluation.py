@@ -25,7 +25,6 @@ from dawm_env.tasks import TaskSpec
 BatchedPolicyFn = Callable[[np.ndarray], np.ndarray]
 
 
-
 @runtime_checkable
 class EpisodePolicy(Protocol):
     """A batched policy with memory across the steps of an episode (e.g. the planner's previous state).
@@ -136,7 +135,7 @@ class _TimedPolicy:
     """Wraps a policy and sums the wall-clock seconds spent inside its calls."""
 
     def __init__(self, policy: AnyPolicy) -> None:
-        self.policy, self.seconds, self.calls = policy, 0.0, 0
+        self.policy, self.seconds = policy, 0.0
         self.episodic = isinstance(policy, EpisodePolicy)
 
     def reset_episodes(self, num_policies: int, episodes: int) -> None:
@@ -148,7 +147,6 @@ class _TimedPolicy:
         out = self.policy(obs, running) if self.episodic else self.policy(obs)
         out = np.asarray(out)  # a GPU policy's result is on the host here: the time includes the sync
         self.seconds += time.perf_counter() - t0
-        self.calls += 1
         return out
 
 

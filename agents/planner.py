@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Optional
 
 from dawm_env.agents.evaluation import FINAL_STREAM, Evaluator, aggregate, reset_seeds
+from dawm_env.agents.train import EVALUATION_FILE
 from dawm_env.paths import atomic_write_json, check_writable_dir
 from dawm_env.planner.bundle import PlannerBundle
 from dawm_env.planner.model import PlannerPolicy
 
+#: ``algo`` of the planner's evaluation files and experiment cells.
 PLANNER_ALGO = "dd"
-EVALUATION_FILE = "evaluation.json"
 
 
 def evaluate_planner(bundle: str | Path | PlannerBundle, episodes: int = 10, seeds: int = 1, seed: int = 0,

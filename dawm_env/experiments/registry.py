@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
+from dawm_env.agents.planner import PLANNER_ALGO  # Method.algo of the Decision Diffuser: no agent, a planner
 from dawm_env.experiments.presets import ExperimentPreset
 from dawm_env.tasks import LEVELS
 
@@ -125,10 +126,6 @@ class Experiment:
                         subsample=preset.generation_subsample * m.subsample if m.generated else 1,
                         action_source=m.action_source if m.generated else "idm"))
         return out
-
-
-#: :attr:`Method.algo` of the Decision Diffuser planner (:mod:`dawm_env.planner`): no agent, a planner bundle.
-PLANNER_ALGO = "dd"
 
 
 def _table2(p: ExperimentPreset) -> list[Method]:

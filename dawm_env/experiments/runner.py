@@ -359,10 +359,9 @@ class Workspace:
         """Create what a cell needs before it runs: its real data, the bundle or planner its key covers (so that
         the key is final) and its generated data. :func:`run_experiment` calls it under a per-``(task, level)``
         lock, so parallel processes never build one of these twice."""
-        if cell.kind == "timing":
-            if cell.algo != PLANNER_ALGO:
-                self.prepare(replace(cell, kind="agent"))
-                return
+        if cell.kind == "timing" and cell.algo != PLANNER_ALGO:  # an agent's timing needs that agent's cell
+            self.prepare(replace(cell, kind="agent"))
+            return
         real = self.ensure_real(cell.task, cell.level)
         if cell.algo == PLANNER_ALGO:
             self.ensure_planner(cell.task, cell.level)

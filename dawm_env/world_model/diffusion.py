@@ -293,7 +293,8 @@ class GaussianDiffusion(nn.Module):
             ``(B, T, D)``.
         """
         b = x.shape[0]
-        action0 = self._action0(action0, x)  # (B, 0) for the planner
+        if action0 is None:  # the planner's empty (B, 0) action, or one clear error (sample() passes it resolved)
+            action0 = self._action0(action0, x)
         if guidance_weight in (0.0, 1.0):
             # w = 1 is the conditional prediction, w = 0 the unconditional one: one pass on B rows, not 2B
             cond = torch.full((b,), guidance_weight == 1.0, device=x.device, dtype=torch.bool)

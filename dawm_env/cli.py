@@ -564,6 +564,31 @@ def bundle_info(name: str = typer.Argument(..., help="Bundle name or folder.")) 
     typer.echo(json.dumps(meta, indent=2))
 
 
+@bundle_app.command("pack")
+def bundle_pack(
+    name: str = typer.Argument(..., help="Bundle name or folder."),
+    out: str = typer.Option(..., help="New folder for the packed copy (must not exist)."),
+    dtype: str = typer.Option("float16", help="Storage dtype of the weights: float16 or bfloat16."),
+    dataset: Optional[str] = typer.Option(None, help="The bundle's training data (default: the id in bundle.json)."),
+) -> None:
+    """Copy a bundle with half-precision weights (half the size); re-measures its held-out metrics."""
+    from dawm_env.data.loading import load_dataset
+    from dawm_env.world_model.assemble import pack_bundle
+    from dawm_env.world_model.bundle import Bundle
+
+    try:
+        data = load_dataset(dataset) if dataset else None
+        path = pack_bundle(name, Path(out), dtype=dtype, data=data)
+        meta = Bundle.load(path).meta
+    except _EXPECTED as err:
+        _fail(err)
+    before, after = meta.get("metrics_float32", {}), meta["metrics"]
+    for key in ("state_mse_mean", "reward_mae", "idm_action_mae", "action_consistency_mae", "mujoco_one_step_mse"):
+        if key in after:
+            typer.echo(f"{key:>24}: float32 {before.get(key, float('nan')):.5f} -> {dtype} {after[key]:.5f}")
+    typer.echo(str(path))
+
+
 @bundle_app.command("calibrate")
 def bundle_calibrate(
     name: str = typer.Argument(..., help="Bundle name or folder (must be writable)."),

@@ -101,9 +101,7 @@ def new_temp_file(path: Path, suffix: str) -> tuple[int, str]:
         ``(fd, temp path)``, like ``tempfile.mkstemp``.
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
+    os.fchmod(fd, 0o666 & ~_umask())
     return fd, tmp
 
 
@@ -139,6 +137,37 @@ def atomic_copy(src: Path, dst: Path) -> None:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """JSON-dump ``obj`` to ``path`` atomically (sorted keys, indented)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def claim_new_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A hidden staging folder beside ``path`` to fill; renamed to ``path`` when the block ends, removed if it raises.
+
+    ``path`` must not exist: it appears complete or not at all, and of two runs creating the same folder the
+    second fails with FileExistsError (a rename onto a non-empty folder fails) instead of mixing files.
+    """
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists; choose a new folder or remove it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".staging"))
+    try:
+        yield stage
+        if path.exists():  # another run finished first
+            raise FileExistsError(f"{path} appeared while this run was writing it; keeping the other run's folder")
+        os.chmod(stage, 0o777 & ~_umask())
+        try:
+            os.rename(stage, path)
+        except OSError as err:
+            raise FileExistsError(f"{path} appeared while this run was writing it ({err})") from err
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 @contextlib.contextmanager

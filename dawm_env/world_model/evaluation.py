@@ -7,7 +7,10 @@ Metrics (written into ``bundle.json`` and printed by ``dawm bundle info``):
 - ``idm_action_mae`` / ``idm_nll``: the IDM on real ``(s_{t-1}, s_t, s_{t+1})`` of held-out transitions;
 - ``action_consistency_mae``: MAE between the IDM's action inferred from ``(s_{t-1}, s_t, generated
   s_{t+1})`` and the real ``a_t`` the world model was conditioned on (the reviewers' check that the
-  generated next state is consistent with the conditioning action).
+  generated next state is consistent with the conditioning action);
+- ``mujoco_one_step_mse``: normalised-state MSE between the generated ``s_{t+1}`` and MuJoCo stepped from
+  the same real ``(s_t, a_t)`` (only windows whose observation fixes the MuJoCo state): the model against the
+  simulator rather than against one recorded future.
 
 Generation is conditioned on each window's real return-to-go so generated and real futures compare.
 """
@@ -104,15 +107,19 @@ def evaluate_bundle(bundle: "Bundle", data: OfflineDataset, n_windows: int = 102
     obs_dim = data.obs_dim
     errors = _WindowErrors(H, bundle.stats.rew_std)
     cons_abs, cons_n = 0.0, 0
+    firsts, first_rows = [], []
     t0 = time.perf_counter()
     for s, x, x0, valid in _sample_windows(bundle.world_model, source, starts, seed, batch):
         errors.add(x, x0, valid, obs_dim)
+        firsts.append(x[:, 1, :obs_dim].cpu().numpy())
+        first_rows.append(s)
         # action consistency: IDM(s_{t-1}, s_t, generated s_{t+1}) vs the real a_t
         prev, cur, _, act = (t.to(device) for t in idm_triples(data, bundle.stats, s))
         inferred, _ = bundle.idm.act(prev, cur, x[:, 1, :obs_dim])
         cons_abs += float((inferred - act).abs().mean(-1).sum())
         cons_n += len(s)
     sample_s = time.perf_counter() - t0
+    mujoco_mse, mujoco_n = _mujoco_one_step_mse(bundle, data, np.concatenate(first_rows), np.concatenate(firsts))
     # IDM on real held-out transitions
     held_ep = np.isin(data.episode_ids(), np.unique(data.episode_ids()[heldout_pool(source)]))
     idx = np.flatnonzero(held_ep)
@@ -123,6 +130,8 @@ def evaluate_bundle(bundle: "Bundle", data: OfflineDataset, n_windows: int = 102
         "heldout_windows": int(len(starts)),
         **errors.metrics(),
         "action_consistency_mae": cons_abs / max(cons_n, 1),
+        "mujoco_one_step_mse": mujoco_mse,
+        "mujoco_one_step_states": mujoco_n,
         "idm_action_mae": float((pred - act).abs().mean()),
         "idm_nll": float(bundle.idm.nll(prev, cur, nxt, act)),
         "idm_std_mean": float(std.mean()),
@@ -131,3 +140,23 @@ def evaluate_bundle(bundle: "Bundle", data: OfflineDataset, n_windows: int = 102
         "guidance_weight": float(cfg["guidance_weight"]),
         "sampling_steps": int(cfg["n_sampling_steps"]),
     }
+
+
+def _mujoco_one_step_mse(bundle: "Bundle", data: OfflineDataset, rows: np.ndarray, generated: np.ndarray
+                         ) -> tuple[float, int]:
+    """Normalised MSE of generated ``s_{t+1}`` ``(B, obs_dim)`` against MuJoCo stepped from ``data`` rows ``(B,)``.
+
+    Rows whose observation does not fix the MuJoCo state (a velocity at the clip) are left out; returns
+    ``(nan, 0)`` when none is left.
+    """
+    from dawm_env.data.rollout import real_step_from  # MuJoCo only when a bundle is evaluated
+
+    task = bundle.task
+    states = data.observations[rows]
+    keep = task.determines_state(states)
+    if not keep.any():
+        return float("nan"), 0
+    real_next, _, _ = real_step_from(task, states[keep], data.actions[rows][keep])
+    stats = bundle.stats
+    err = (generated[keep] - stats.normalize_obs(real_next.astype(np.float32))) ** 2
+    return float(err.mean()), int(keep.sum())

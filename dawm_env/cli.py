@@ -582,10 +582,10 @@ def bundle_pack(
         meta = Bundle.load(path).meta
     except _EXPECTED as err:
         _fail(err)
-    before, after = meta.get("metrics_float32", {}), meta["metrics"]
+    packing = meta["packing"]
+    typer.echo(f"measured on {packing['dataset']} ({'held-out episodes of the training data' if packing['training_data'] else 'data the bundle was not trained on'}):")
     for key in ("state_mse_mean", "reward_mae", "idm_action_mae", "action_consistency_mae", "mujoco_one_step_mse"):
-        if key in after:
-            typer.echo(f"{key:>24}: float32 {before.get(key, float('nan')):.5f} -> {dtype} {after[key]:.5f}")
+        typer.echo(f"{key:>24}: float32 {packing['float32'][key]:.5f} -> {dtype} {packing['packed'][key]:.5f}")
     typer.echo(str(path))
 
 

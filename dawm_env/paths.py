@@ -155,7 +155,10 @@ def claim_new_dir(path: str | os.PathLike) -> Iterator[Path]:
         yield stage
         if path.exists():  # another run finished first
             raise FileExistsError(f"{path} appeared while this run was writing it; keeping the other run's folder")
-        os.chmod(stage, 0o777 & ~_umask())
+        umask = _umask()
+        os.chmod(stage, 0o777 & ~umask)  # mkdtemp / some writers create 0700 / 0600: give what open() would
+        for f in stage.rglob("*"):
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
         try:
             os.rename(stage, path)
         except OSError as err:

@@ -46,14 +46,27 @@ def test_packed_bundle_loads_as_float32_and_samples_like_the_original(tiny_bundl
     assert np.abs(w_src.states - w_half.states).max() < 0.05 * max(1.0, np.abs(w_src.states).max())
     meta = half.meta
     assert meta["storage_dtype"] == "float16"
-    assert meta["metrics_float32"] == src.meta["metrics"]
-    assert set(meta["metrics"]) == set(src.meta["metrics"])
+    assert meta["metrics_float32"] == src.meta["metrics"]  # packed on its own training data: metrics re-measured
+    assert set(meta["metrics"]) == set(src.meta["metrics"]) and meta["metrics"] == meta["packing"]["packed"]
+    assert meta["packing"]["training_data"] and meta["packing"]["float32"]["heldout_windows"] == 32
     assert half.pessimism is not None
 
 
 def test_held_out_metrics_include_the_one_step_error_against_mujoco(packed):
     metrics = Bundle.load(packed).meta["metrics"]
     assert metrics["mujoco_one_step_states"] > 0 and np.isfinite(metrics["mujoco_one_step_mse"])
+
+
+def test_pack_on_other_data_of_the_task_keeps_the_held_out_record(tiny_bundle, hopper_random, tmp_path):
+    import dataclasses
+
+    other = dataclasses.replace(hopper_random, rewards=hopper_random.rewards + 1.0)  # same task, other fingerprint
+    out = pack_bundle(tiny_bundle, tmp_path / "p", data=other, eval_windows=16, calibration_transitions=128)
+    meta = Bundle.load(out).meta
+    assert not meta["packing"]["training_data"] and "metrics_float32" not in meta
+    assert meta["metrics"] == Bundle.load(tiny_bundle).meta["metrics"]
+    assert (out / "pessimism.json").read_text() == (tiny_bundle / "pessimism.json").read_text()
+    assert all(f.stat().st_mode & 0o044 == 0o044 for f in out.iterdir())  # readable by others, as open() makes
 
 
 def test_pack_refuses_an_existing_folder_and_an_unknown_dtype(tiny_bundle, packed, tmp_path):

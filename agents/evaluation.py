@@ -125,10 +125,63 @@ class Evaluator:
         self.close()
 
 
-def aggregate(per_seed: Sequence[float]) -> dict:
-    """Mean and (population, ``ddof = 0``, as CORL reports) std over seeds, plus the per-seed values."""
+#: Bootstrap resamples behind every confidence interval (fixed generator seed: a report is reproducible).
+BOOTSTRAP_SAMPLES = 10_000
+
+
+def bootstrap_ci(per_seed: Sequence[float], level: float = 0.95, samples: int = BOOTSTRAP_SAMPLES,
+                 seed: int = 0) -> list[float]:
+    """Percentile-bootstrap confidence interval ``[low, high]`` of the mean over seeds.
+
+    Seeds are resampled with replacement ``samples`` times; with one seed the interval is that value.
+    """
     x = np.asarray(per_seed, dtype=np.float64)
-    return {"mean": float(x.mean()), "std": float(x.std()), "per_seed": [float(v) for v in x]}
+    if x.size == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    means = x[np.random.default_rng(seed).integers(0, x.size, (samples, x.size))].mean(1)
+    alpha = (1.0 - level) / 2.0
+    return [float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))]
+
+
+def difference_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95, samples: int = BOOTSTRAP_SAMPLES,
+                  seed: int = 0) -> dict:
+    """``mean(a) - mean(b)`` of two independent groups of seeds, with its percentile-bootstrap interval.
+
+    Each group is resampled on its own (the seeds of two cells are separate runs, not pairs).
+
+    Returns:
+        ``{"mean": difference, "ci95": [low, high]}``.
+    """
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.size == 0 or y.size == 0:
+        raise ValueError("difference_ci needs at least one value per group")
+    rng = np.random.default_rng(seed)
+    diff = (x[rng.integers(0, x.size, (samples, x.size))].mean(1)
+            - y[rng.integers(0, y.size, (samples, y.size))].mean(1))
+    alpha = (1.0 - level) / 2.0
+    return {"mean": float(x.mean() - y.mean()),
+            "ci95": [float(np.quantile(diff, alpha)), float(np.quantile(diff, 1.0 - alpha))]}
+
+
+def aggregate(per_seed: Sequence[float]) -> dict:
+    """Mean, (population, ``ddof = 0``, as CORL reports) std and 95% bootstrap CI of the mean over seeds, plus
+    the per-seed values."""
+    x = np.asarray(per_seed, dtype=np.float64)
+    return {"mean": float(x.mean()), "std": float(x.std()), "ci95": bootstrap_ci(x),
+            "per_seed": [float(v) for v in x]}
+
+
+#: Evaluations averaged into a seed's final score (the protocol: the mean of each seed's last three).
+FINAL_EVALUATIONS = 3
+
+
+def final_scores(scores: np.ndarray, last: int = FINAL_EVALUATIONS) -> np.ndarray:
+    """Per-seed final score ``(K,)``: the mean of the last ``last`` rows of ``scores (evaluations, K)``
+    (all of them when fewer were made)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or len(scores) == 0:
+        raise ValueError(f"need scores of shape (evaluations >= 1, K), got {scores.shape}")
+    return scores[-last:].mean(0)
 
 
 class _TimedPolicy:

@@ -45,10 +45,12 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from dawm_env.agents.evaluation import (
+    FINAL_EVALUATIONS,
     FINAL_STREAM,
     TRAINING_STREAM,
     Evaluator,
     aggregate,
+    final_scores,
     reset_seeds,
 )
 from dawm_env.agents.iql import IQL, IQLConfig, corl_iql_preset
@@ -518,6 +520,8 @@ def _results(run_meta: dict, extra: dict, steps: int) -> dict:
         "online": "online" in run_meta["data"],
         "real_fraction": run_meta["data"]["real_fraction"], "steps": steps,
         "eval_episodes": run_meta["eval_episodes"],
+        "final": {**aggregate(final_scores(scores)), "evaluations": int(min(FINAL_EVALUATIONS, len(evals))),
+                  "steps": [int(e["step"]) for e in evals[-FINAL_EVALUATIONS:]]},
         "last": {**aggregate(scores[-1]), "step": evals[-1]["step"]},
         "best": {**aggregate(scores.max(0)), "step_per_seed": [int(evals[i]["step"]) for i in best_idx]},
         "train_seconds": extra["train_seconds"], "eval_seconds": extra["eval_seconds"],

@@ -31,6 +31,9 @@ class ExperimentPreset:
     """Evaluate every agent in the real env every this many steps (and at the end)."""
     eval_episodes: int = 10
     """Real episodes per seed per evaluation."""
+    fresh_episodes: Optional[int] = None
+    """After training, evaluate every seed's final policy on this many fresh episodes (a reset stream the
+    learning curve never saw; the table's "fresh" column); None = skip."""
     batch_size: int = 256
     """Agent batch size per seed."""
     horizon: int = 7
@@ -83,7 +86,7 @@ class ExperimentPreset:
         # checked here, not when the first cell reaches the agent: by then data may have been built for minutes
         flags = {"seeds": "--seeds", "agent_steps": "--steps", "eval_every": "--eval-every",
                  "eval_episodes": "--eval-episodes", "threads": "--threads"}
-        optional = ("dataset_steps", "wm_steps", "wm_batch_size", "idm_steps", "idm_batch_size", "threads", "dd_steps")
+        optional = ("fresh_episodes", "dataset_steps", "wm_steps", "wm_batch_size", "idm_steps", "idm_batch_size", "threads", "dd_steps")
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in optional and value is None:

@@ -29,6 +29,24 @@ def format_score(stats: Optional[Mapping], digits: int = 1) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
+def format_ci(stats: Optional[Mapping], digits: int = 1) -> str:
+    """``"mean ± std [low, high]"`` (95% bootstrap CI of the mean) of an aggregate dict; :data:`MISSING` for None."""
+    if not stats:
+        return MISSING
+    if "ci95" not in stats:  # a record written before CIs were reported
+        return format_score(stats, digits)
+    lo, hi = stats["ci95"]
+    return f"{format_score(stats, digits)} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def format_difference(diff: Optional[Mapping], digits: int = 1) -> str:
+    """``"+d [low, high]"`` of a :func:`~dawm_env.agents.evaluation.difference_ci` dict; :data:`MISSING` for None."""
+    if not diff:
+        return MISSING
+    lo, hi = diff["ci95"]
+    return f"{diff['mean']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """A GitHub markdown table (first column left-aligned, the others right-aligned)."""
     lines = ["| " + " | ".join(str(h) for h in header) + " |",
@@ -95,9 +113,48 @@ RESULTS_FILE, TABLE_FILE = "results.json", "table.md"
 
 def _score_grid(records: list[dict], envs: list[str], methods: list[str], which: str) -> list[list[Optional[dict]]]:
     """``grid[env][method]`` = the ``which`` (``last`` / ``best``) score dict of a finished cell, or None."""
-    done = {(r["cell"]["task"] + "-" + r["cell"]["level"], r["cell"]["method"]): r[which]
+    done = {(r["cell"]["task"] + "-" + r["cell"]["level"], r["cell"]["method"]): r.get(which)
             for r in records if r["status"] == "done"}
     return [[done.get((e, m)) for m in methods] for e in envs]
+
+
+def _real_baselines(records: list[dict]) -> dict[tuple[str, str], str]:
+    """``(env, method) -> method`` of the real-data cell of the same base algorithm (TD3+BC for DAWM-TD3BC, DWM-TD3BC,
+    SSORL-TD3BC, ...), for every synthetic-data or model-based cell that has one in the same env."""
+    from dawm_env.agents.train import BASE_ALGO
+
+    real = {(r["cell"]["task"] + "-" + r["cell"]["level"], r["cell"]["algo"]): r["cell"]["method"]
+            for r in records if r["cell"]["kind"] == "agent" and not r["cell"]["generated"]
+            and BASE_ALGO.get(r["cell"]["algo"]) == r["cell"]["algo"]}
+    out = {}
+    for r in records:
+        c = r["cell"]
+        env, base = c["task"] + "-" + c["level"], BASE_ALGO.get(c["algo"])
+        if base is not None and (env, base) in real and real[(env, base)] != c["method"]:
+            out[(env, c["method"])] = real[(env, base)]
+    return out
+
+
+def difference_table(records: list[dict], envs: list[str], methods: list[str], which: str = "final") -> Optional[str]:
+    """Markdown table of each cell's ``which`` score minus its real-data baseline's (:func:`_real_baselines`), with
+    the 95% bootstrap CI of the difference (seeds of the two cells resampled independently); None without pairs."""
+    from dawm_env.agents.evaluation import difference_ci
+
+    pairs = _real_baselines(records)
+    cols = [m for m in methods if any((e, m) in pairs for e in envs)]
+    if not cols:
+        return None
+    grid = dict(zip(((e, m) for e in envs for m in methods),
+                    (s for row in _score_grid(records, envs, methods, which) for s in row)))
+    rows = []
+    for e in envs:
+        row = [e]
+        for m in cols:
+            a, b = grid.get((e, m)), grid.get((e, pairs.get((e, m), "")))
+            row.append(format_difference(difference_ci(a["per_seed"], b["per_seed"])) if a and b else MISSING)
+        rows.append(row)
+    header = ["env"] + [f"{m} - {pairs[next(e for e in envs if (e, m) in pairs), m]}" for m in cols]
+    return markdown_table(header, rows)
 
 
 def _ordered(values: Iterable[str]) -> list[str]:
@@ -116,14 +173,25 @@ def agent_table(results: dict) -> str:
              f"{p['horizon']} (table6: {', '.join(map(str, p['horizons']))}), from 1/{p['generation_subsample']} of "
              f"the real (s, a) pairs x {p['generation_repeats']} rollout(s).", "",
              "Scores: D4RL-normalised returns (x100) on the Gymnasium `-v5` envs, mean ± std (population) over "
-             "seeds, on dawm's self-built D4RL-style datasets: not comparable with the paper's D4RL v2 numbers.", ""]
-    for which, title in (("last", "Last evaluation"), ("best", "Best evaluation (per seed, over the learning curve)")):
+             "seeds [95% bootstrap CI of the mean over seeds], on dawm's self-built D4RL-style datasets: not "
+             "comparable with the paper's D4RL v2 numbers.", ""]
+    tables = [("final", "Final score (each seed: mean of its last 3 evaluations)"),
+              ("fresh", f"Final policies on {p.get('fresh_episodes')} fresh episodes per seed"),
+              ("last", "Last evaluation"), ("best", "Best evaluation (per seed, over the learning curve)")]
+    for which, title in tables:
         grid = _score_grid(records, envs, methods, which)
-        rows = [[e] + [format_score(s) for s in row] for e, row in zip(envs, grid)]
+        if which == "fresh" and not any(s for row in grid for s in row):
+            continue
+        rows = [[e] + [format_ci(s) for s in row] for e, row in zip(envs, grid)]
         if len(envs) > 1:
             avg = average_row([[None if s is None else s["mean"] for s in row] for row in grid])
             rows.append(["average"] + [MISSING if a is None else f"{a:.1f}" for a in avg])
         lines += [f"## {title}", "", markdown_table(["env", *methods], rows), ""]
+        if which == "final":
+            diff = difference_table(records, envs, methods, "final")
+            if diff:
+                lines += ["## Difference to real data (final score, same algorithm) [95% bootstrap CI]", "", diff,
+                          ""]
     lines += _status_lines(results)
     return "\n".join(lines)
 

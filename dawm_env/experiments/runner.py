@@ -61,7 +61,7 @@ import torch
 from dawm_env.agents.evaluation import FINAL_STREAM, TRAINING_STREAM, aggregate, reset_seeds, time_episodes
 from dawm_env.agents.export import load_seed_policy
 from dawm_env.agents.planner import evaluate_planner
-from dawm_env.agents.train import TrainAgentConfig, train_agent
+from dawm_env.agents.train import TrainAgentConfig, evaluate_run, train_agent
 from dawm_env.data.build import BuildConfig, build_dataset, default_dataset_id
 from dawm_env.data.loading import is_dataset_file, load_dataset
 from dawm_env.data.minari_io import dataset_exists, read_provenance
@@ -502,9 +502,13 @@ class Workspace:
             kwargs.update(bundle=str(bundle), ssorl_fraction=p.ssorl_fraction)
         train_agent(TrainAgentConfig(**kwargs))
         res = json.loads((run_dir / "results.json").read_text())
+        # the protocol's last word: fresh episodes (a reset stream the learning curve never used) per seed
+        fresh = (evaluate_run(run_dir, episodes=p.fresh_episodes, device=self.cfg.device)["normalized"]
+                 if p.fresh_episodes else None)
         return {"status": "done", "key": key, "cell": cell.to_dict(), "real_dataset": real, "generated_dataset": gen_id,
                 "bundle": str(bundle) if bundle else None, "run_dir": str(run_dir), "steps": res["steps"],
-                "seeds": res["seeds"], "eval_episodes": res["eval_episodes"], "last": res["last"], "best": res["best"],
+                "seeds": res["seeds"], "eval_episodes": res["eval_episodes"], "final": res.get("final"),
+                "fresh": fresh, "fresh_episodes": p.fresh_episodes, "last": res["last"], "best": res["best"],
                 "train_seconds": res.get("train_seconds"), "eval_seconds": res.get("eval_seconds"),
                 "wall_seconds_this_call": time.perf_counter() - t0, "finished": _now()}
 
@@ -518,7 +522,8 @@ class Workspace:
         return {"status": "done", "key": key, "cell": cell.to_dict(), "real_dataset": self.real_source(cell.task,
                 cell.level), "generated_dataset": None, "bundle": str(path), "run_dir": str(self.root / RUNS_DIR / key),
                 "steps": res["step"], "planner_steps": res["step"], "seeds": res["seeds"],
-                "eval_episodes": res["episodes"], "last": res["normalized"], "best": res["normalized"],
+                "eval_episodes": res["episodes"], "final": res["normalized"], "last": res["normalized"],
+                "best": res["normalized"],
                 "eval_seconds": res["eval_seconds"], "wall_seconds_this_call": time.perf_counter() - t0,
                 "finished": _now()}
 

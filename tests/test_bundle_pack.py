@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, cli
 from safetensors.torch import load_file
 
 from dawm_env.world_model.assemble import pack_bundle
 from dawm_env.world_model.bundle import Bundle
-
-from conftest import assert_one_line_error, cli
 
 
 @pytest.fixture(scope="module")

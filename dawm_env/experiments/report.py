@@ -12,6 +12,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from dawm_env.agents.evaluation import difference_ci
+from dawm_env.agents.train import BASE_ALGO
 from dawm_env.paths import atomic_write_json, atomic_write_text
 from dawm_env.plotting import finish_figure, plot_learning_curves, pyplot
 from dawm_env.tasks import level_overlap
@@ -121,8 +123,6 @@ def _score_grid(records: list[dict], envs: list[str], methods: list[str], which:
 def _real_baselines(records: list[dict]) -> dict[tuple[str, str], str]:
     """``(env, method) -> method`` of the real-data cell of the same base algorithm (TD3+BC for DAWM-TD3BC, DWM-TD3BC,
     SSORL-TD3BC, ...), for every synthetic-data or model-based cell that has one in the same env."""
-    from dawm_env.agents.train import BASE_ALGO
-
     real = {(r["cell"]["task"] + "-" + r["cell"]["level"], r["cell"]["algo"]): r["cell"]["method"]
             for r in records if r["cell"]["kind"] == "agent" and not r["cell"]["generated"]
             and BASE_ALGO.get(r["cell"]["algo"]) == r["cell"]["algo"]}
@@ -138,8 +138,6 @@ def _real_baselines(records: list[dict]) -> dict[tuple[str, str], str]:
 def difference_table(records: list[dict], envs: list[str], methods: list[str], which: str = "final") -> Optional[str]:
     """Markdown table of each cell's ``which`` score minus its real-data baseline's (:func:`_real_baselines`), with
     the 95% bootstrap CI of the difference (seeds of the two cells resampled independently); None without pairs."""
-    from dawm_env.agents.evaluation import difference_ci
-
     pairs = _real_baselines(records)
     cols = [m for m in methods if any((e, m) in pairs for e in envs)]
     if not cols:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from dawm_env.data.records import OfflineDataset
+from dawm_env.data.rollout import real_step_from
 from dawm_env.world_model.data import WindowSource, idm_triples
 from dawm_env.world_model.diffusion import GaussianDiffusion
 
@@ -149,8 +150,6 @@ def _mujoco_one_step_mse(bundle: "Bundle", data: OfflineDataset, rows: np.ndarra
     Rows whose observation does not fix the MuJoCo state (a velocity at the clip) are left out; returns
     ``(nan, 0)`` when none is left.
     """
-    from dawm_env.data.rollout import real_step_from  # MuJoCo only when a bundle is evaluated
-
     task = bundle.task
     states = data.observations[rows]
     keep = task.determines_state(states)

@@ -23,9 +23,11 @@ def bundle_row(name: str) -> dict:
 
     bundle = Bundle.load(name)
     meta, m = bundle.meta, bundle.meta.get("metrics", {})
-    packing = meta.get("packing", {})
-    # the one-step error against MuJoCo: measured at assembly, else when the bundle was packed
-    mujoco = m.get("mujoco_one_step_mse", packing.get("packed", {}).get("mujoco_one_step_mse"))
+    # the one-step error against MuJoCo: measured at assembly on the training data's held-out episodes, else (a bundle
+    # assembled before the metric existed) when it was packed, on the data packing was given
+    mujoco, mujoco_on = m.get("mujoco_one_step_mse"), meta["dataset"]
+    if mujoco is None and "packing" in meta:
+        mujoco, mujoco_on = meta["packing"]["packed"]["mujoco_one_step_mse"], meta["packing"]["dataset"]
     return {
         "bundle": bundle.path.name, "task": bundle.task.name, "dataset": meta["dataset"],
         "world_model_steps": meta["training"]["world_model_steps"], "idm_steps": meta["training"]["idm_steps"],
@@ -33,8 +35,7 @@ def bundle_row(name: str) -> dict:
         "size_mb": sum(f.stat().st_size for f in bundle.path.iterdir() if f.is_file()) / 1e6,
         "state_mse_per_step": m.get("state_mse_per_step"), "reward_mae": m.get("reward_mae"),
         "idm_action_mae": m.get("idm_action_mae"), "action_consistency_mae": m.get("action_consistency_mae"),
-        "mujoco_one_step_mse": mujoco, "metrics_on": packing.get("dataset") if packing and not
-        packing.get("training_data") and "mujoco_one_step_mse" not in m else meta["dataset"],
+        "mujoco_one_step_mse": mujoco, "mujoco_one_step_on": mujoco_on,
     }
 
 

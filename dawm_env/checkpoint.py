@@ -40,11 +40,15 @@ class CheckpointError(ValueError):
 
 
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
-    """Write ``tensors`` to a safetensors file (contiguous CPU copies)."""
-    from safetensors.torch import save_file
+    """Write ``tensors`` to a safetensors file (contiguous CPU copies), with the mode ``open()`` gives.
 
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path),
-              metadata=dict(metadata or {}))
+    Serialised in memory and written by ``open()``: safetensors' own ``save_file`` creates its files 0600, and
+    other users could not read a bundle or checkpoint made by one.
+    """
+    from safetensors.torch import save
+
+    blob = save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=dict(metadata or {}))
+    Path(path).write_bytes(blob)
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -574,12 +574,12 @@ def bundle_pack(
     """Copy a bundle with half-precision weights (half the size); re-measures its held-out metrics."""
     from dawm_env.data.loading import load_dataset
     from dawm_env.world_model.assemble import pack_bundle
-    from dawm_env.world_model.bundle import Bundle
+    from dawm_env.world_model.bundle import read_bundle_meta
 
     try:
         data = load_dataset(dataset) if dataset else None
         path = pack_bundle(name, Path(out), dtype=dtype, data=data)
-        meta = Bundle.load(path).meta
+        meta = read_bundle_meta(path)
     except _EXPECTED as err:
         _fail(err)
     packing = meta["packing"]

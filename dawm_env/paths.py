@@ -101,7 +101,7 @@ def new_temp_file(path: Path, suffix: str) -> tuple[int, str]:
         ``(fd, temp path)``, like ``tempfile.mkstemp``.
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.fchmod(fd, 0o666 & ~_umask())
+    os.fchmod(fd, 0o666 & ~current_umask())
     return fd, tmp
 
 
@@ -155,10 +155,7 @@ def claim_new_dir(path: str | os.PathLike) -> Iterator[Path]:
         yield stage
         if path.exists():  # another run finished first
             raise FileExistsError(f"{path} appeared while this run was writing it; keeping the other run's folder")
-        umask = _umask()
-        os.chmod(stage, 0o777 & ~umask)  # mkdtemp / some writers create 0700 / 0600: give what open() would
-        for f in stage.rglob("*"):
-            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
+        os.chmod(stage, 0o777 & ~current_umask())  # mkdtemp makes 0700: give what mkdir() would
         try:
             os.rename(stage, path)
         except OSError as err:
@@ -167,7 +164,8 @@ def claim_new_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it): the mode ``open()`` would give is ``0o666 & ~umask``."""
     umask = os.umask(0)
     os.umask(umask)
     return umask

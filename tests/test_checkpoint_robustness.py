@@ -459,3 +459,20 @@ def test_a_run_that_reached_its_target_serves_every_cap_above_that_step(monkeypa
     shutil.rmtree(behavior_sac.run_dir_for(small))
     reached = _fake_finished_run(behavior_sac.run_dir_for(capped), capped, 250_000, 250_000, hopper_random)
     assert behavior_sac.run_behavior_sac(default, progress=False) == reached
+
+
+def test_tensor_files_get_the_mode_open_would_give(tmp_path):
+    """safetensors itself writes 0600; bundles and checkpoints must be readable as the umask allows."""
+    import os
+
+    from dawm_env.paths import current_umask
+
+    path = tmp_path / "t.safetensors"
+    ckpt_mod.save_tensors(path, {"a": torch.zeros(2)})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~current_umask()
+    os.umask(0o077)
+    try:
+        ckpt_mod.save_tensors(tmp_path / "private.safetensors", {"a": torch.zeros(2)})
+        assert (tmp_path / "private.safetensors").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(0o022)

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from dawm_env.checkpoint import CheckpointError, load_tensors, save_tensors
+from dawm_env.checkpoint import CheckpointError, save_tensors
 from dawm_env.data.loading import load_dataset
 from dawm_env.data.records import OfflineDataset
 from dawm_env.data.windows import returns_to_go
@@ -125,14 +125,14 @@ def pack_bundle(src: Path, out: Path, dtype: str = "float16", data: Optional[Off
     own_data = data.fingerprint() == bundle.meta["dataset_fingerprint"]
     out = Path(out)
     with claim_new_dir(out) as stage:
-        for f in bundle.path.iterdir():
-            if f.is_file() and f.suffix in (".json", ".safetensors"):
-                shutil.copy2(f, stage / f.name)
-        for module, stem in ((bundle.world_model, "world_model"), (bundle.idm, "idm")):
+        networks = {"world_model": bundle.world_model, "idm": bundle.idm}
+        for f in bundle.path.iterdir():  # configs, seeds, calibration; copyfile: the umask's mode, not the source's
+            if f.is_file() and f.suffix in (".json", ".safetensors") and f.stem not in networks:
+                shutil.copyfile(f, stage / f.name)
+        for stem, module in networks.items():  # the loaded state is the file's (strict load)
             params = {name for name, _ in module.named_parameters()}
-            tensors = load_tensors(bundle.path / f"{stem}.safetensors")
             save_tensors(stage / f"{stem}.safetensors",
-                         {k: v.to(PACK_DTYPES[dtype]) if k in params else v for k, v in tensors.items()})
+                         {k: v.to(PACK_DTYPES[dtype]) if k in params else v for k, v in module.state_dict().items()})
         packed = Bundle.load(stage)
         measured = {name: evaluate_bundle(b, data, n_windows=eval_windows, seed=seed)
                     for name, b in (("float32", bundle), (dtype, packed))}

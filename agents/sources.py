@@ -191,27 +191,56 @@ class DatasetSource:
         device: where they live (packed in one tensor: :class:`PackedRows`).
         discount: when set, every row carries ``discounts = discount * (1 - terminated)``: the one-step rows
             that can be mixed with n-step rows (DWM with ``real_fraction``).
+        rows: optional transition indices: sample only these (e.g. :func:`trust_mask`'s survivors).
     """
 
     def __init__(self, data: OfflineDataset, device: torch.device | str = "cpu",
-                 discount: Optional[float] = None) -> None:
+                 discount: Optional[float] = None, rows: Optional[np.ndarray] = None) -> None:
         self.data = data
         self.obs_dim, self.act_dim = data.obs_dim, data.act_dim
         self.device = torch.device(device)
-        disc = None if discount is None else discount * (1.0 - data.terminations.astype(np.float64))
-        self._rows = PackedRows.from_arrays(data.observations, data.actions, data.rewards, data.next_observations,
-                                            data.terminations, disc, self.device)
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        pick = (lambda a: a) if self.rows is None else (lambda a: a[self.rows])
+        terminations = pick(data.terminations)
+        disc = None if discount is None else discount * (1.0 - terminations.astype(np.float64))
+        self._rows = PackedRows.from_arrays(pick(data.observations), pick(data.actions), pick(data.rewards),
+                                            pick(data.next_observations), terminations, disc, self.device)
 
     def __len__(self) -> int:
-        return self.data.num_transitions
+        return len(self._rows)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> TransitionBatch:
         """``batch_size`` transitions drawn uniformly with replacement."""
         return self._rows.sample(batch_size, rng)
 
     def obs_moments(self) -> ObsMoments:
-        """Exact moments of the dataset's observations (float64)."""
+        """Exact moments of the sampled observations (float64)."""
+        if self.rows is not None:
+            return ObsMoments.of(self.data.observations[self.rows])
         return dataset_obs_moments(self.data)
+
+
+def trust_mask(idm_std: np.ndarray, keep: float) -> np.ndarray:
+    """Which generated transitions to train on when only the most trusted IDM-inferred ones are kept.
+
+    Transitions with ``idm_std == 0`` carry a known action (each rollout's real first action) and are always kept.
+    Of the others, the ``round(keep * n)`` with the lowest std are kept (ties broken by position).
+
+    Args:
+        idm_std: ``(N,)`` per-transition IDM std (:func:`~dawm_env.generation.stats.transition_idm_std`).
+        keep: fraction in (0, 1] of the IDM-inferred transitions to keep.
+
+    Returns:
+        ``(N,)`` bool mask.
+    """
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"trust_keep must lie in (0, 1], got {keep}")
+    std = np.asarray(idm_std, dtype=np.float64)
+    mask = std <= 0.0
+    inferred = np.flatnonzero(~mask)
+    n_keep = int(round(keep * inferred.size))
+    mask[inferred[np.argsort(std[inferred], kind="stable")[:n_keep]]] = True
+    return mask
 
 
 def dataset_obs_moments(data: OfflineDataset) -> ObsMoments:

@@ -67,6 +67,7 @@ from dawm_env.agents.sources import (
     seek_source,
     source_obs_moments,
     ssorl_relabel,
+    trust_mask,
 )
 from dawm_env.agents.td3bc import TD3BC, TD3BCConfig
 from dawm_env.checkpoint import CheckpointError, TrainState, check_resumable, readable_checkpoint, recover_checkpoint
@@ -74,7 +75,7 @@ from dawm_env.data.loading import load_dataset
 from dawm_env.data.minari_io import dataset_exists
 from dawm_env.data.records import OfflineDataset
 from dawm_env.generation.rollouts import RolloutConfig, RolloutGenerator, check_rtg
-from dawm_env.generation.stats import is_generated_dataset
+from dawm_env.generation.stats import is_generated_dataset, transition_idm_std
 from dawm_env.generation.writer import bundle_hash
 from dawm_env.paths import atomic_write_json, check_writable_dir
 from dawm_env.plotting import plot_learning_curves
@@ -116,6 +117,10 @@ class TrainAgentConfig:
     real_fraction: Optional[float] = None
     """With ``synthetic``, ``online`` (or a custom source): the fraction of every batch drawn from ``dataset``;
     default 0 (generated data only). Without: must be unset or 1."""
+    trust_keep: Optional[float] = None
+    """With a ``synthetic`` dataset written by ``dawm generate`` (one-step ``td3bc`` / ``iql``): train only on the
+    fraction ``trust_keep`` of its IDM-inferred transitions with the lowest IDM std, plus every rollout's real first
+    step (:func:`~dawm_env.agents.sources.trust_mask`); None = all of them."""
     steps: int = 1_000_000
     """Gradient steps per seed."""
     seeds: int = 5
@@ -207,6 +212,12 @@ class TrainAgentConfig:
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         check_rtg(self.online_rtg, "online_rtg")
+        if self.trust_keep is not None:
+            if self.synthetic is None or self.is_dwm:
+                raise ValueError("trust_keep filters the transitions of a --synthetic dataset for one-step td3bc / "
+                                 f"iql; {self.algo} without --synthetic has none")
+            if not 0.0 < self.trust_keep <= 1.0:
+                raise ValueError(f"trust_keep must lie in (0, 1], got {self.trust_keep}")
         if self.real_fraction is not None and not 0.0 <= self.real_fraction <= 1.0:
             raise ValueError(f"real_fraction must lie in [0, 1], got {self.real_fraction}")
         valid = {f.name for f in fields(ALGOS[self.base_algo][1])}
@@ -310,6 +321,14 @@ def build_source(cfg: TrainAgentConfig, real: OfflineDataset, device: torch.devi
             rollouts = RolloutSource(syn, expansion, device)
             desc["mve"].update(rollouts=len(rollouts), mean_steps=float(rollouts.steps.mean()))
             other = rollouts
+        elif cfg.trust_keep is not None:
+            keep = trust_mask(transition_idm_std(cfg.synthetic), cfg.trust_keep)
+            if keep.size != syn.num_transitions:
+                raise ValueError(f"{cfg.synthetic}: {keep.size} IDM std rows for {syn.num_transitions} transitions; "
+                                 "the dataset is damaged, regenerate it")
+            other = DatasetSource(syn, device, rows=np.flatnonzero(keep))
+            desc["trust"] = {"keep": cfg.trust_keep, "kept_transitions": int(keep.sum())}
+            log.info("trust filter: training on %d of %d generated transitions", int(keep.sum()), keep.size)
         else:
             other = DatasetSource(syn, device)
     if other is None:

@@ -307,6 +307,9 @@ def train_agent_cmd(
         None, help="Generated dataset (dawm generate) to train on; dwm-* read its rollouts' states and rewards."),
     real_fraction: Optional[float] = typer.Option(
         None, help="With --synthetic or --online: fraction of each batch from real data."),
+    trust_keep: Optional[float] = typer.Option(
+        None, help="With --synthetic: keep only this fraction of the IDM-inferred transitions, lowest IDM std first."),
+    bf16: bool = typer.Option(False, help="bfloat16 autocast for the agent's matmuls (faster on AVX512-BF16 CPUs)."),
     bundle: Optional[str] = typer.Option(None, help="Bundle: SSORL's IDM, or the generator of --online."),
     ssorl_fraction: float = typer.Option(0.5, help="SSORL: fraction of trajectories whose actions the IDM relabels."),
     mve_horizon: Optional[int] = typer.Option(
@@ -334,7 +337,8 @@ def train_agent_cmd(
 
     try:
         path = train_agent(TrainAgentConfig(
-            algo=algo, dataset=dataset, out=out, synthetic=synthetic, real_fraction=real_fraction, steps=steps,
+            algo=algo, dataset=dataset, out=out, synthetic=synthetic, real_fraction=real_fraction,
+            trust_keep=trust_keep, algo_overrides={"bf16": True} if bf16 else {}, steps=steps,
             seeds=seeds, seed=seed, eval_every=eval_every, eval_episodes=eval_episodes, bundle=bundle,
             ssorl_fraction=ssorl_fraction, mve_horizon=mve_horizon, online=online, online_pool=online_pool,
             online_refresh_every=online_refresh_every, task=task, level=level, device=device,

@@ -1,4 +1,5 @@
-"""Experiment budgets: ``smoke`` (seconds, for tests), ``cpu`` (what fits 2 CPU cores) and ``paper``.
+"""Experiment budgets: ``smoke`` (seconds, for tests), ``cpu`` (what fits 2 CPU cores), ``screen`` (the lever screen
+of ``augment`` on 2 cores) and ``paper``.
 
 A preset fixes everything about *how much* is run; *what* is run (which methods, horizons, ...) belongs to the
 experiment (:mod:`dawm_env.experiments.registry`). Every field can be overridden with
@@ -36,6 +37,9 @@ class ExperimentPreset:
     learning curve never saw; the table's "fresh" column); None = skip."""
     batch_size: int = 256
     """Agent batch size per seed."""
+    agent_bf16: bool = False
+    """Train the agents' matmuls under bfloat16 autocast (TD3BCConfig / IQLConfig ``bf16``): faster on CPUs with
+    AVX512-BF16 / AMX; benchmarks/agent_noise.py measures that it agrees with float32 within the CI."""
     horizon: int = 7
     """H of DAWM / DWM generation where the experiment does not vary it (the paper's 7)."""
     horizons: tuple[int, ...] = (1, 3, 7)
@@ -128,6 +132,15 @@ CPU = ExperimentPreset(
     wm_steps=12_000, idm_steps=2000, consistency_windows=1024,
 )
 
+#: The lever screen of ``augment`` on 2 CPU cores (issue "DAWM data that pays off"): hopper-medium, 3 seeds x 100k
+#: steps in bf16, evaluation every 10k steps with 10 episodes and 50 fresh episodes per seed at the end, generation
+#: from a random 1/8 of the real pairs (875k transitions at H = 7). Two processes on one ``--out`` fill 2 cores.
+SCREEN = ExperimentPreset(
+    name="screen", tasks=("hopper",), levels=("medium",), seeds=3, agent_steps=100_000, eval_every=10_000,
+    eval_episodes=10, fresh_episodes=50, agent_bf16=True, generation_subsample=8, generation_repeats=1,
+    dataset_steps=None, wm_preset="cpu", wm_steps=12_000, idm_steps=2000, consistency_windows=1024, threads=1,
+)
+
 #: The paper's budgets (a GPU setting): its datasets, 5 seeds x 1M steps, evaluation every 5k steps with 10
 #: episodes, generation from every real pair with H = 7, DAWM-T with T = 8, the paper-size world model.
 PAPER = ExperimentPreset(
@@ -136,7 +149,7 @@ PAPER = ExperimentPreset(
     idm_steps=None, consistency_windows=4096, dd_preset="paper",
 )
 
-PRESETS: dict[str, ExperimentPreset] = {p.name: p for p in (SMOKE, CPU, PAPER)}
+PRESETS: dict[str, ExperimentPreset] = {p.name: p for p in (SMOKE, CPU, SCREEN, PAPER)}
 
 
 def get_preset(name: str) -> ExperimentPreset:

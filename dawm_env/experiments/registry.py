@@ -14,6 +14,7 @@ table5         DAWM-T (a random 1/T of the seed pairs, T = 8) vs DAWM, TD3+BC (p
 table6         generation horizons H = 1, 3, 7 for DAWM-TD3BC and DWM-TD3BC (paper Table 6)
 ablation-idm   actions of generated steps h >= 1 from the IDM vs uniform random vs the repeated
                conditioning action a_t (TD3+BC; the reviewers' IDM ablation)
+augment        levers on DAWM data (real share, horizon, trust filter, g, BC weight) vs real data (not in the paper)
 consistency    IDM action error on real transitions and action consistency on generated next states,
                in distribution (the bundle's training level) and out of distribution (other levels)
 =============  =========================================================================================
@@ -52,6 +53,15 @@ class Method:
     """Extra seed-pair subsampling on top of the preset's (DAWM-T's T)."""
     action_source: str = "idm"
     """Actions of generated steps h >= 1: ``idm`` (DAWM), ``random`` or ``repeat`` (the IDM ablation)."""
+    real_fraction: Optional[float] = None
+    """Generated methods: fraction of every batch drawn from the real data (None = generated data only)."""
+    rtg: Optional[float] = None
+    """Generated methods: return-to-go target g of generation (task units); None = the preset's."""
+    trust_keep: Optional[float] = None
+    """Generated one-step methods: keep only this fraction of the IDM-inferred transitions, the ones with the
+    lowest IDM std (:func:`~dawm_env.agents.sources.trust_mask`); None = keep all."""
+    alpha: Optional[float] = None
+    """TD3+BC's alpha (the Q term's weight against behaviour cloning); None = CORL's 2.5."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,21 @@ class Cell:
     """Actions of generated steps h >= 1."""
     data_level: str = ""
     """Consistency cells: level of the real data the bundle is evaluated on."""
+    real_fraction: Optional[float] = None
+    """Generated cells: real share of every batch (None = generated data only)."""
+    rtg: Optional[float] = None
+    """Generated cells: generation target g (None = the preset's)."""
+    trust_keep: Optional[float] = None
+    """Generated cells: fraction of the IDM-inferred transitions kept, the most trusted (None = all)."""
+    alpha: Optional[float] = None
+    """TD3+BC's alpha (None = CORL's default)."""
+
+    @property
+    def levers(self) -> dict:
+        """The lever settings that are set (real share, g, trust filter, alpha): part of keys and tags only when
+        set, so cells without them keep the keys they always had."""
+        names = ("real_fraction", "rtg", "trust_keep", "alpha")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     @property
     def env(self) -> str:
@@ -124,7 +149,9 @@ class Experiment:
                         kind="timing" if self.kind == "timing" else "agent", task=task, level=level, method=m.label, algo=m.algo, generated=m.generated,
                         horizon=(m.horizon or preset.horizon) if m.generated else 0,
                         subsample=preset.generation_subsample * m.subsample if m.generated else 1,
-                        action_source=m.action_source if m.generated else "idm"))
+                        action_source=m.action_source if m.generated else "idm",
+                        real_fraction=m.real_fraction if m.generated else None, rtg=m.rtg if m.generated else None,
+                        trust_keep=m.trust_keep if m.generated else None, alpha=m.alpha))
         return out
 
 
@@ -159,6 +186,16 @@ def _ablation_idm(p: ExperimentPreset) -> list[Method]:
             Method("repeated a_t", "td3bc", True, action_source="repeat")]
 
 
+def _augment(p: ExperimentPreset) -> list[Method]:
+    # the levers of "DAWM data that pays off", cheapest and most telling first (a time-boxed run finishes those)
+    return [Method("TD3BC", "td3bc"), Method("TD3BC alpha=10", "td3bc", alpha=10.0),
+            Method("DAWM (paper)", "td3bc", True), Method("mix 50% real", "td3bc", True, real_fraction=0.5),
+            Method("DAWM_1", "td3bc", True, horizon=1), Method("DAWM trust 50%", "td3bc", True, trust_keep=0.5),
+            Method("DAWM g=0.6", "td3bc", True, rtg=0.6), Method("DAWM alpha=10", "td3bc", True, alpha=10.0),
+            Method("DAWM_3", "td3bc", True, horizon=3), Method("DAWM g=1.0", "td3bc", True, rtg=1.0),
+            Method("DWM-TD3BC", "dwm-td3bc", True)]
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("table2", "Decision Diffuser and DAWM vs DWM with TD3+BC and IQL (paper Table 2)", "agent", _table2,
                note="DD: one planner per dataset (preset dd_preset), its seeds are planning seeds (sampling noise "
@@ -178,6 +215,12 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("ablation-idm", "IDM ablation: actions of generated steps from the IDM, random, or a_t repeated",
                "agent", _ablation_idm, paper_levels=("medium",),
                note="Not in the paper: the reviewers' check that the IDM's actions matter."),
+    Experiment("augment", "Levers on DAWM data: real share, horizon, trust filter, g, BC weight (vs real data)",
+               "agent", _augment, paper_levels=("medium",),
+               note="Not in the paper: the lever screen of 'DAWM data that pays off'. Every cell's difference is "
+                    "to TD3BC on the real data (CORL defaults). DAWM (paper) is the paper's recipe (H and g of the "
+                    "preset, IDM actions, generated data only); trust: only the least uncertain half of the "
+                    "IDM-inferred transitions (by the IDM's std) is trained on, real first steps always kept."),
     Experiment("consistency", "IDM action error and action consistency, in and out of distribution",
                "consistency", lambda p: [], paper_levels=("medium",),
                note="In distribution: the bundle's own training level (its held-out episodes); out of "

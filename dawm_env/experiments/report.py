@@ -122,10 +122,11 @@ def _score_grid(records: list[dict], envs: list[str], methods: list[str], which:
 
 def _real_baselines(records: list[dict]) -> dict[tuple[str, str], str]:
     """``(env, method) -> method`` of the real-data cell of the same base algorithm (TD3+BC for DAWM-TD3BC, DWM-TD3BC,
-    SSORL-TD3BC, ...), for every synthetic-data or model-based cell that has one in the same env."""
+    SSORL-TD3BC, ...), for every synthetic-data or model-based cell that has one in the same env. The baseline runs the
+    algorithm's default settings (no ``alpha`` lever), so a real-data cell with a lever is compared to it too."""
     real = {(r["cell"]["task"] + "-" + r["cell"]["level"], r["cell"]["algo"]): r["cell"]["method"]
             for r in records if r["cell"]["kind"] == "agent" and not r["cell"]["generated"]
-            and BASE_ALGO.get(r["cell"]["algo"]) == r["cell"]["algo"]}
+            and BASE_ALGO.get(r["cell"]["algo"]) == r["cell"]["algo"] and r["cell"].get("alpha") is None}
     out = {}
     for r in records:
         c = r["cell"]

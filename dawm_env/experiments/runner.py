@@ -167,9 +167,17 @@ def _slug(text: str) -> str:
 
 
 def _data_tag(cell: Cell) -> str:
-    """Readable part of a generated cell's names: ``h7``, ``h7-sub8`` (1/8 of the seed pairs), ``h7-random``."""
+    """Readable part of a generated cell's data names: ``h7``, ``h7-sub8`` (1/8 of the seed pairs), ``h7-random``,
+    ``h7-g0p6`` (generation target 0.6; Minari ids allow no dots)."""
     tag = f"h{cell.horizon}" + (f"-sub{cell.subsample}" if cell.subsample > 1 else "")
-    return tag + (f"-{_slug(cell.action_source)}" if cell.action_source != "idm" else "")
+    tag += f"-{_slug(cell.action_source)}" if cell.action_source != "idm" else ""
+    return tag + (f"-g{cell.rtg:g}".replace(".", "p") if cell.rtg is not None else "")
+
+
+def _lever_tag(cell: Cell) -> str:
+    """Readable part of a cell's run name for the training levers: ``-mix0p5-trust0p5-a10``."""
+    names = {"real_fraction": "mix", "trust_keep": "trust", "alpha": "a"}
+    return "".join(f"-{names[k]}{v:g}".replace(".", "p") for k, v in cell.levers.items() if k in names)
 
 
 def _now() -> str:
@@ -380,7 +388,8 @@ class Workspace:
         """Every setting that decides a cell's generated data (its id hashes them)."""
         p = self.p
         return {**self.real_identity(cell.task, cell.level), **self.bundle_identity(cell.task, cell.level),
-                "horizon": cell.horizon, "subsample": cell.subsample, "repeats": p.generation_repeats, "rtg": p.rtg,
+                "horizon": cell.horizon, "subsample": cell.subsample, "repeats": p.generation_repeats,
+                "rtg": self.generation_rtg(cell),
                 "batch_size": p.generation_batch_size, "chunk_size": p.generation_chunk_size, "seed": 0,
                 "action_source": cell.action_source, "device_type": self.cfg.device.split(":")[0]}
 
@@ -418,11 +427,15 @@ class Workspace:
         """The :class:`GenerateConfig` fields that decide a cell's generated data: what it is generated
         with, and what an equal dataset under another id must have been generated with."""
         p = self.p
-        return {"seed_dataset": real, "horizon": cell.horizon, "rtg": p.rtg, "guidance": None,
+        return {"seed_dataset": real, "horizon": cell.horizon, "rtg": self.generation_rtg(cell), "guidance": None,
                 "subsample": cell.subsample, "repeats": p.generation_repeats, "seed": 0,
                 "batch_size": p.generation_batch_size, "chunk_size": p.generation_chunk_size,
                 "sampling_steps": None, "temperature": None, "stochastic_idm": False,
                 "action_source": cell.action_source}
+
+    def generation_rtg(self, cell: Cell) -> Optional[float]:
+        """The generation target of a cell: its own ``rtg`` lever, else the preset's (None = the task default)."""
+        return cell.rtg if cell.rtg is not None else self.p.rtg
 
     # --- cells ------------------------------------------------------------------------------------
     def cell_key(self, cell: Cell) -> str:
@@ -448,8 +461,12 @@ class Workspace:
                  "seeds": p.seeds, "batch_size": p.batch_size, "eval_episodes": p.eval_episodes}
         if cell.algo.startswith("ssorl-"):
             ident.update(**self.bundle_identity(cell.task, cell.level), ssorl_fraction=p.ssorl_fraction)
+        # only when set: cells without levers (and fp32 agents) keep the keys they always had
+        ident.update({k: v for k, v in cell.levers.items() if k != "rtg"})  # rtg is in the generated id
+        if p.agent_bf16:
+            ident["bf16"] = True
         data = _data_tag(cell) if cell.generated else "real"
-        return f"{cell.task}-{cell.level}-{cell.algo}-{data}-{_hash(ident)}"
+        return f"{cell.task}-{cell.level}-{cell.algo}-{data}{_lever_tag(cell)}-{_hash(ident)}"
 
     def claim_path(self, cell: Cell) -> Path:
         """Lock file a process holds while it runs ``cell``: named by the cell itself, not by its key (a key
@@ -500,6 +517,10 @@ class Workspace:
             level=cell.level, task=cell.task, device=self.cfg.device, threads=p.threads, progress=self.cfg.progress)
         if cell.algo.startswith("ssorl-"):
             kwargs.update(bundle=str(bundle), ssorl_fraction=p.ssorl_fraction)
+        overrides = {"bf16": True} if p.agent_bf16 else {}
+        if cell.alpha is not None:
+            overrides["alpha"] = cell.alpha
+        kwargs.update(real_fraction=cell.real_fraction, trust_keep=cell.trust_keep, algo_overrides=overrides)
         train_agent(TrainAgentConfig(**kwargs))
         res = json.loads((run_dir / "results.json").read_text())
         # the protocol's last word: fresh episodes (a reset stream the learning curve never used) per seed

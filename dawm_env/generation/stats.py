@@ -220,3 +220,24 @@ def is_generated_dataset(dataset_id: str) -> bool:
     """Whether a local Minari dataset was written by ``dawm generate`` (reads only its metadata)."""
 
     return read_provenance(dataset_id).get("kind") == GENERATED_KIND
+
+
+def transition_idm_std(dataset_id: str) -> np.ndarray:
+    """Per-transition IDM std of a ``dawm generate`` dataset, in the order :func:`~dawm_env.data.loading.load_dataset`
+    returns its transitions: ``(N,)`` float32, the mean over action dimensions of the IDM's pre-tanh std (0 for
+    each rollout's real first action and for actions the IDM did not infer).
+
+    Raises:
+        ValueError: ``dataset_id`` was not written by ``dawm generate`` (no ``idm_std`` per step).
+    """
+    if not is_generated_dataset(dataset_id):
+        raise ValueError(f"{dataset_id} was not written by dawm generate: it has no per-step IDM std to filter by")
+    parts = []
+    for ep in iter_episodes_fast(dataset_id, with_infos=True):
+        n = len(ep["rewards"])
+        infos = ep.get("infos") or {}
+        if "idm_std" not in infos:
+            raise ValueError(f"{dataset_id} episode {ep['id']} has no idm_std info; regenerate it with dawm generate")
+        # T + 1 info rows (the last repeats the final step): row h is transition h
+        parts.append(np.asarray(infos["idm_std"], dtype=np.float32)[:n].reshape(n, -1).mean(-1))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)

@@ -1,0 +1,121 @@
+"""The levers of `dawm experiment augment`: trust filter math, filtered sources, per-cell settings, the screen."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dawm_env.agents.sources import DatasetSource, trust_mask
+from dawm_env.agents.train import TrainAgentConfig
+from dawm_env.data.loading import load_dataset, save_npz
+from dawm_env.data.minari_io import iter_episodes_fast, read_provenance
+from dawm_env.experiments.presets import SCREEN, SMOKE
+from dawm_env.experiments.registry import EXPERIMENTS
+from dawm_env.experiments.runner import ExperimentConfig, Workspace, run_experiment
+from dawm_env.generation.stats import transition_idm_std
+
+
+def test_trust_mask_against_a_hand_computation():
+    std = np.array([0.0, 0.5, 0.2, 0.9, 0.0, 0.2, 0.7])
+    # inferred: 0.5, 0.2, 0.9, 0.2, 0.7 (5); keep round(0.6 * 5) = 3 lowest: 0.2 (idx 2), 0.2 (idx 5), 0.5 (idx 1)
+    assert trust_mask(std, 0.6).tolist() == [True, True, True, False, True, True, False]
+    assert trust_mask(std, 1.0).all()
+    # keep 10%: round(0.1 * 5) = 0 inferred transitions, only the real first actions (std 0)
+    assert trust_mask(std, 0.1).tolist() == [True, False, False, False, True, False, False]
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="trust_keep"):
+            trust_mask(std, bad)
+
+
+def test_dataset_source_samples_only_the_kept_rows(hopper_random):
+    rows = np.array([3, 10, 11])
+    src = DatasetSource(hopper_random, rows=rows)
+    assert len(src) == 3
+    batch = src.sample(200, np.random.default_rng(0))
+    obs = batch.observations.numpy()
+    kept = hopper_random.observations[rows].astype(np.float32)
+    assert all(np.isclose(kept, o).all(1).any() for o in obs)  # every sampled row is one of the three
+    np.testing.assert_allclose(src.obs_moments().mean, hopper_random.observations[rows].astype(np.float64).mean(0))
+
+
+def test_trust_keep_needs_a_synthetic_one_step_run():
+    with pytest.raises(ValueError, match="trust_keep filters"):
+        TrainAgentConfig(algo="td3bc", dataset="x", out="y", trust_keep=0.5)
+    with pytest.raises(ValueError, match="trust_keep must lie"):
+        TrainAgentConfig(algo="td3bc", dataset="x", out="y", synthetic="z", trust_keep=1.5)
+
+
+def test_levers_enter_keys_only_when_set(tiny_bundle, hopper_random, tmp_path):
+    data = tmp_path / "hopper_random.npz"
+    save_npz(hopper_random, data)
+    cfg = ExperimentConfig(name="augment", preset=replace(SMOKE, tasks=("hopper",), levels=("random",)),
+                           out=str(tmp_path / "exp"), datasets={"hopper/random": str(data)},
+                           bundles={"hopper/random": str(tiny_bundle)}, progress=False)
+    ws = Workspace(cfg)
+    grid = (("hopper",), ("random",))
+    aug = {c.method: c for c in EXPERIMENTS["augment"].cells(ws.p, *grid)}
+    t2 = {c.method: c for c in EXPERIMENTS["table2"].cells(ws.p, *grid)}
+    t4 = {c.method: c for c in EXPERIMENTS["table4"].cells(ws.p, *grid)}
+    # the paper's recipe and the real baseline are the very cells of tables 2 and 4 (shared runs)
+    assert ws.cell_key(aug["DAWM (paper)"]) == ws.cell_key(t2["DAWM-TD3BC"])
+    assert ws.cell_key(aug["TD3BC"]) == ws.cell_key(t4["TD3BC"])
+    assert ws.cell_key(aug["DWM-TD3BC"]) == ws.cell_key(t2["DWM-TD3BC"])
+    keys = {ws.cell_key(c) for c in aug.values()}
+    assert len(keys) == len(aug)
+    # g changes the generated data; mixing, trust and alpha only the training
+    paper_id = ws.generated_id(aug["DAWM (paper)"])
+    assert ws.generated_id(aug["DAWM g=0.6"]) != paper_id and "-g0p6-" in ws.generated_id(aug["DAWM g=0.6"])
+    for m in ("mix 50% real", "DAWM trust 50%", "DAWM alpha=10"):
+        assert ws.generated_id(aug[m]) == paper_id
+    bf16 = Workspace(replace(cfg, preset=replace(cfg.preset, agent_bf16=True)))
+    assert bf16.cell_key(aug["TD3BC"]) != ws.cell_key(aug["TD3BC"])
+
+
+def test_screen_preset_is_the_documented_budget():
+    assert (SCREEN.seeds, SCREEN.agent_steps, SCREEN.eval_every, SCREEN.fresh_episodes) == (3, 100_000, 10_000, 50)
+    assert SCREEN.agent_bf16 and SCREEN.generation_subsample == 8
+
+
+def test_augment_at_smoke_preset(tiny_bundle, hopper_random, tmp_path):
+    data = tmp_path / "hopper_random.npz"
+    save_npz(hopper_random, data)
+    root = tmp_path / "exp"
+    cfg = ExperimentConfig(name="augment", preset=replace(SMOKE, tasks=("hopper",), levels=("random",),
+                                                          agent_bf16=True),
+                           out=str(root), datasets={"hopper/random": str(data)},
+                           bundles={"hopper/random": str(tiny_bundle)}, progress=False)
+    res = run_experiment(cfg, echo=lambda _: None)
+    assert res["complete"], [(r["cell"]["method"], r["status"]) for r in res["cells"]]
+    recs = {r["cell"]["method"]: r for r in res["cells"]}
+    assert list(recs) == [m.label for m in EXPERIMENTS["augment"].methods(cfg.preset)]
+
+    def run_config(method: str) -> dict:
+        return json.loads((Path(recs[method]["run_dir"]) / "config.json").read_text())
+
+    assert run_config("mix 50% real")["data"]["real_fraction"] == 0.5
+    assert run_config("DAWM (paper)")["data"]["real_fraction"] == 0.0
+    assert run_config("TD3BC alpha=10")["algo_config"]["alpha"] == 10.0
+    assert run_config("DAWM alpha=10")["algo_config"]["alpha"] == 10.0
+    assert run_config("TD3BC")["algo_config"]["alpha"] == 2.5
+    assert all(run_config(m)["algo_config"]["bf16"] for m in recs)
+    assert read_provenance(recs["DAWM g=0.6"]["generated_dataset"])["rollout"]["rtg"] == 0.6
+
+    # the trust cell trains on the real first steps and the lower-std half of the inferred ones
+    gen_id = recs["DAWM trust 50%"]["generated_dataset"]
+    std = transition_idm_std(gen_id)
+    syn = load_dataset(gen_id)
+    assert std.shape == (syn.num_transitions,)
+    starts = np.concatenate([[0], np.cumsum(syn.episode_lengths)[:-1]])
+    assert (std[starts] == 0).all() and (np.delete(std, starts) > 0).all()  # row 0 of a rollout: the real action
+    first = next(iter_episodes_fast(gen_id))
+    np.testing.assert_allclose(std[:len(first["rewards"])], first["infos"]["idm_std"][:len(first["rewards"])].mean(-1),
+                               rtol=1e-6)
+    inferred = int((std > 0).sum())
+    assert run_config("DAWM trust 50%")["data"]["trust"]["kept_transitions"] == len(starts) + round(0.5 * inferred)
+
+    table = (root / "augment" / "table.md").read_text()
+    assert "TD3BC alpha=10 - TD3BC" in table and "DAWM trust 50% - TD3BC" in table

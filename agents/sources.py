@@ -50,6 +50,8 @@ class TransitionBatch:
         terminations: ``(*S,)`` float32, 1.0 where the episode really ended at ``s'`` (no bootstrap).
         discounts: ``(*S,)`` float32 factor of the bootstrap value, ``gamma^n (1 - terminated)``, or None for
             one-step rows (the agent then uses ``gamma (1 - terminated)``: one-step TD is the special case).
+        bc_weights: ``(*S,)`` float32 weight of each row in TD3+BC's behaviour-cloning term (1: clone its action,
+            0: train the critic on it but do not clone its action, e.g. an IDM-inferred one), or None: clone all.
     """
 
     observations: torch.Tensor
@@ -58,6 +60,7 @@ class TransitionBatch:
     next_observations: torch.Tensor
     terminations: torch.Tensor
     discounts: Optional[torch.Tensor] = None
+    bc_weights: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.rewards.shape[0]
@@ -71,6 +74,7 @@ class TransitionBatch:
             next_observations=self.next_observations.reshape(*shape, self.next_observations.shape[-1]),
             terminations=self.terminations.reshape(*shape),
             discounts=None if self.discounts is None else self.discounts.reshape(*shape),
+            bc_weights=None if self.bc_weights is None else self.bc_weights.reshape(*shape),
         )
 
     def to(self, device: torch.device | str) -> "TransitionBatch":
@@ -140,30 +144,35 @@ class ObsMoments:
 class PackedRows:
     """Transition rows packed in one ``(N, C)`` tensor, so a batch is a single ``index_select``.
 
-    Columns: ``obs | action | reward | next obs | terminated [| discount]``.
+    Columns: ``obs | action | reward | next obs | terminated [| discount] [| bc weight]``.
 
     Args:
         tensor: ``(N, C)`` float32 packed rows (:meth:`from_arrays` builds it).
         obs_dim: observation size.
         act_dim: action size.
-        has_discounts: whether the last column holds n-step bootstrap factors.
+        has_discounts: whether a column holds n-step bootstrap factors.
+        has_bc_weights: whether the last column holds behaviour-cloning weights.
     """
 
-    def __init__(self, tensor: torch.Tensor, obs_dim: int, act_dim: int, has_discounts: bool) -> None:
+    def __init__(self, tensor: torch.Tensor, obs_dim: int, act_dim: int, has_discounts: bool,
+                 has_bc_weights: bool = False) -> None:
         self.tensor, self.obs_dim, self.act_dim, self.has_discounts = tensor, obs_dim, act_dim, has_discounts
+        self.has_bc_weights = has_bc_weights
 
     @classmethod
     def from_arrays(cls, observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
                     next_observations: np.ndarray, terminations: np.ndarray, discounts: Optional[np.ndarray] = None,
-                    device: torch.device | str = "cpu") -> "PackedRows":
+                    device: torch.device | str = "cpu", bc_weights: Optional[np.ndarray] = None) -> "PackedRows":
         """Pack ``(N, obs_dim)``, ``(N, act_dim)``, ``(N,)``, ``(N, obs_dim)``, ``(N,)`` bool / float and optional
-        ``(N,)`` discounts onto ``device``."""
+        ``(N,)`` discounts and behaviour-cloning weights onto ``device``."""
         cols = [observations, actions, np.asarray(rewards)[:, None], next_observations,
                 np.asarray(terminations, dtype=np.float32)[:, None]]
         if discounts is not None:
             cols.append(np.asarray(discounts)[:, None])
+        if bc_weights is not None:
+            cols.append(np.asarray(bc_weights, dtype=np.float32)[:, None])
         tensor = torch.from_numpy(np.concatenate(cols, axis=1).astype(np.float32)).to(device)
-        return cls(tensor, observations.shape[1], actions.shape[1], discounts is not None)
+        return cls(tensor, observations.shape[1], actions.shape[1], discounts is not None, bc_weights is not None)
 
     def __len__(self) -> int:
         return self.tensor.shape[0]
@@ -175,6 +184,7 @@ class PackedRows:
             observations=rows.narrow(1, 0, o), actions=rows.narrow(1, o, a), rewards=rows[:, o + a],
             next_observations=rows.narrow(1, o + a + 1, o), terminations=rows[:, 2 * o + a + 1],
             discounts=rows[:, 2 * o + a + 2] if self.has_discounts else None,
+            bc_weights=rows[:, -1] if self.has_bc_weights else None,
         )
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> TransitionBatch:
@@ -192,10 +202,12 @@ class DatasetSource:
         discount: when set, every row carries ``discounts = discount * (1 - terminated)``: the one-step rows
             that can be mixed with n-step rows (DWM with ``real_fraction``).
         rows: optional transition indices: sample only these (e.g. :func:`trust_mask`'s survivors).
+        bc_weights: optional ``(N,)`` behaviour-cloning weight of every transition (:class:`TransitionBatch`).
     """
 
     def __init__(self, data: OfflineDataset, device: torch.device | str = "cpu",
-                 discount: Optional[float] = None, rows: Optional[np.ndarray] = None) -> None:
+                 discount: Optional[float] = None, rows: Optional[np.ndarray] = None,
+                 bc_weights: Optional[np.ndarray] = None) -> None:
         self.data = data
         self.obs_dim, self.act_dim = data.obs_dim, data.act_dim
         self.device = torch.device(device)
@@ -204,7 +216,8 @@ class DatasetSource:
         terminations = pick(data.terminations)
         disc = None if discount is None else discount * (1.0 - terminations.astype(np.float64))
         self._rows = PackedRows.from_arrays(pick(data.observations), pick(data.actions), pick(data.rewards),
-                                            pick(data.next_observations), terminations, disc, self.device)
+                                            pick(data.next_observations), terminations, disc, self.device,
+                                            bc_weights=None if bc_weights is None else pick(np.asarray(bc_weights)))
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -290,6 +303,8 @@ class MixSource:
                              "discount (DatasetSource(..., discount=gamma))")
         pos_a, pos_b = self._pattern(batch_size, a.rewards.device)
         out = {}
+        if (a.bc_weights is None) != (b.bc_weights is None):  # rows without weights are cloned: weight 1
+            a, b = (replace(x, bc_weights=torch.ones_like(x.rewards)) if x.bc_weights is None else x for x in (a, b))
         for f in fields(TransitionBatch):
             ta, tb = getattr(a, f.name), getattr(b, f.name)
             if ta is None:

@@ -8,7 +8,8 @@ Per step and per seed (CORL, the field's reference implementation):
   loss ``MSE(Q_1(s, a), y) + MSE(Q_2(s, a), y)``; DWM's n-step rows (``batch.discounts``) replace
   ``gamma (1 - terminated)`` by ``gamma^n (1 - terminated)`` and ``r`` by the discounted n-step sum;
 - every ``policy_freq``-th step: actor loss ``-lambda mean Q_1(s, pi(s)) + MSE(pi(s), a)`` with
-  ``lambda = alpha / mean|Q_1(s, pi(s))|`` (detached), then the three target networks move by ``tau``.
+  ``lambda = alpha / mean|Q_1(s, pi(s))|`` (detached), then the three target networks move by ``tau``; with
+  ``batch.bc_weights`` the MSE is the weighted mean over rows (e.g. only rows whose action is real);
 
 Observations are normalised with the training data's mean / std (+1e-3) inside the agent, so sources
 hand over raw transitions and :meth:`TD3BC.act` takes raw observations.
@@ -166,7 +167,11 @@ class TD3BC:
                 # Q_1 with the critic weights as constants: the actor loss differentiates Q only w.r.t. the action
                 q1 = self.critic(torch.cat([obs, pi], -1), members=slice(0, k), detach=True).squeeze(-1)  # (K, B)
                 lmbda = cfg.alpha / q1.abs().mean(-1).detach()
-                bc_loss = ((pi - batch.actions) ** 2).mean((-2, -1))
+                if batch.bc_weights is None:
+                    bc_loss = ((pi - batch.actions) ** 2).mean((-2, -1))
+                else:  # clone only the weighted rows' actions: a weighted mean over rows of the per-row MSE
+                    w = batch.bc_weights
+                    bc_loss = (((pi - batch.actions) ** 2).mean(-1) * w).sum(-1) / w.sum(-1).clamp_min(1e-6)
                 actor_loss = -lmbda * q1.mean(-1) + bc_loss  # (K,)
             self.actor_opt.zero_grad(set_to_none=True)
             actor_loss.sum().backward()

@@ -121,6 +121,10 @@ class TrainAgentConfig:
     """With a ``synthetic`` dataset written by ``dawm generate`` (one-step ``td3bc`` / ``iql``): train only on the
     fraction ``trust_keep`` of its IDM-inferred transitions with the lowest IDM std, plus every rollout's real first
     step (:func:`~dawm_env.agents.sources.trust_mask`); None = all of them."""
+    bc_real_actions_only: bool = False
+    """With a ``synthetic`` dataset written by ``dawm generate`` (``td3bc``): the behaviour-cloning term clones only
+    each rollout's real first action (IDM std 0), the critic and the Q term train on every transition; real rows of
+    a mix are cloned as usual. Tests whether cloning IDM-inferred actions is what holds DAWM-TD3BC back."""
     steps: int = 1_000_000
     """Gradient steps per seed."""
     seeds: int = 5
@@ -218,6 +222,9 @@ class TrainAgentConfig:
                                  f"iql; {self.algo} without --synthetic has none")
             if not 0.0 < self.trust_keep <= 1.0:
                 raise ValueError(f"trust_keep must lie in (0, 1], got {self.trust_keep}")
+        if self.bc_real_actions_only and (self.synthetic is None or self.algo != "td3bc"):
+            raise ValueError("bc_real_actions_only weights TD3+BC's behaviour cloning on a --synthetic dataset; it "
+                             f"needs --algo td3bc with --synthetic (got {self.algo}, synthetic={self.synthetic})")
         if self.real_fraction is not None and not 0.0 <= self.real_fraction <= 1.0:
             raise ValueError(f"real_fraction must lie in [0, 1], got {self.real_fraction}")
         valid = {f.name for f in fields(ALGOS[self.base_algo][1])}
@@ -321,14 +328,21 @@ def build_source(cfg: TrainAgentConfig, real: OfflineDataset, device: torch.devi
             rollouts = RolloutSource(syn, expansion, device)
             desc["mve"].update(rollouts=len(rollouts), mean_steps=float(rollouts.steps.mean()))
             other = rollouts
-        elif cfg.trust_keep is not None:
-            keep = trust_mask(transition_idm_std(cfg.synthetic), cfg.trust_keep)
-            if keep.size != syn.num_transitions:
-                raise ValueError(f"{cfg.synthetic}: {keep.size} IDM std rows for {syn.num_transitions} transitions; "
+        elif cfg.trust_keep is not None or cfg.bc_real_actions_only:
+            std = transition_idm_std(cfg.synthetic)
+            if std.size != syn.num_transitions:
+                raise ValueError(f"{cfg.synthetic}: {std.size} IDM std rows for {syn.num_transitions} transitions; "
                                  "the dataset is damaged, regenerate it")
-            other = DatasetSource(syn, device, rows=np.flatnonzero(keep))
-            desc["trust"] = {"keep": cfg.trust_keep, "kept_transitions": int(keep.sum())}
-            log.info("trust filter: training on %d of %d generated transitions", int(keep.sum()), keep.size)
+            rows = weights = None
+            if cfg.trust_keep is not None:
+                keep = trust_mask(std, cfg.trust_keep)
+                rows = np.flatnonzero(keep)
+                desc["trust"] = {"keep": cfg.trust_keep, "kept_transitions": int(keep.sum())}
+                log.info("trust filter: training on %d of %d generated transitions", int(keep.sum()), keep.size)
+            if cfg.bc_real_actions_only:
+                weights = (std <= 0.0).astype(np.float32)  # std 0: the rollout's real first action
+                desc["bc_real_actions_only"] = {"cloned_transitions": int(weights.sum())}
+            other = DatasetSource(syn, device, rows=rows, bc_weights=weights)
         else:
             other = DatasetSource(syn, device)
     if other is None:

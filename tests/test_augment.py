@@ -9,7 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dawm_env.agents.sources import DatasetSource, trust_mask
+import torch
+
+from dawm_env.agents.networks import Normalizer
+from dawm_env.agents.sources import DatasetSource, MixSource, TransitionBatch, trust_mask
+from dawm_env.agents.td3bc import TD3BC, TD3BCConfig
 from dawm_env.agents.train import TrainAgentConfig
 from dawm_env.data.loading import load_dataset, save_npz
 from dawm_env.data.minari_io import iter_episodes_fast, read_provenance
@@ -40,6 +44,50 @@ def test_dataset_source_samples_only_the_kept_rows(hopper_random):
     kept = hopper_random.observations[rows].astype(np.float32)
     assert all(np.isclose(kept, o).all(1).any() for o in obs)  # every sampled row is one of the three
     np.testing.assert_allclose(src.obs_moments().mean, hopper_random.observations[rows].astype(np.float64).mean(0))
+
+
+def test_bc_weights_travel_through_sources_and_mixes(hopper_random):
+    n = hopper_random.num_transitions
+    w = (np.arange(n) % 3 == 0).astype(np.float32)
+    src = DatasetSource(hopper_random, bc_weights=w)
+    batch = src.sample(500, np.random.default_rng(1))
+    # each sampled row carries its own weight: find it by its observation
+    first = {tuple(np.round(o, 5)): wi for o, wi in zip(hopper_random.observations.astype(np.float32), w)}
+    got = [first[tuple(np.round(o, 5))] for o in batch.observations.numpy()]
+    np.testing.assert_array_equal(batch.bc_weights.numpy(), got)
+    mixed = MixSource(DatasetSource(hopper_random), src, 0.5).sample(64, np.random.default_rng(2))
+    assert mixed.bc_weights is not None and (mixed.bc_weights[1::2] == 1).all()  # rows 1, 3, ...: the real ones
+
+
+def test_td3bc_bc_weights_against_a_hand_computation():
+    """Weighted BC = the MSE over the weighted rows only; all-ones weights = the plain CORL loss."""
+    obs_dim, act_dim, b = 4, 2, 8
+
+    def batch(weights):
+        g = torch.Generator().manual_seed(3)
+        return TransitionBatch(torch.randn(1, b, obs_dim, generator=g), torch.rand(1, b, act_dim, generator=g) * 2 - 1,
+                               torch.randn(1, b, generator=g), torch.randn(1, b, obs_dim, generator=g),
+                               torch.zeros(1, b), bc_weights=weights)
+
+    def agent() -> TD3BC:  # the same initial weights every time (keyed by the seed)
+        return TD3BC(TD3BCConfig(hidden=(8,)), obs_dim, act_dim, [0], Normalizer(torch.zeros(obs_dim), torch.ones(obs_dim)))
+
+    def bc_loss(weights):  # step 1 is an actor step; its BC loss is measured with the actor before the step
+        return agent().update(batch(weights), step=1, gen=torch.Generator().manual_seed(0))["bc_loss"]
+
+    torch.testing.assert_close(bc_loss(None), bc_loss(torch.ones(1, b)))
+    w = torch.tensor([[1.0, 0, 0, 1, 0, 0, 0, 1]])
+    data = batch(w)
+    with torch.no_grad():
+        err = ((agent().actor(data.observations) - data.actions) ** 2).mean(-1)[0]  # per-row MSE over action dims
+    torch.testing.assert_close(bc_loss(w), err[[0, 3, 7]].mean().reshape(1), rtol=1e-5, atol=1e-6)
+
+
+def test_bc_real_actions_only_needs_td3bc_on_synthetic_data():
+    with pytest.raises(ValueError, match="bc_real_actions_only"):
+        TrainAgentConfig(algo="td3bc", dataset="x", out="y", bc_real_actions_only=True)
+    with pytest.raises(ValueError, match="bc_real_actions_only"):
+        TrainAgentConfig(algo="iql", dataset="x", out="y", synthetic="z", bc_real_actions_only=True)
 
 
 def test_trust_keep_needs_a_synthetic_one_step_run():
@@ -116,6 +164,8 @@ def test_augment_at_smoke_preset(tiny_bundle, hopper_random, tmp_path):
                                rtol=1e-6)
     inferred = int((std > 0).sum())
     assert run_config("DAWM trust 50%")["data"]["trust"]["kept_transitions"] == len(starts) + round(0.5 * inferred)
+
+    assert run_config("DAWM BC on real a_t")["data"]["bc_real_actions_only"]["cloned_transitions"] == len(starts)
 
     table = (root / "augment" / "table.md").read_text()
     assert "TD3BC alpha=10 - TD3BC" in table and "DAWM trust 50% - TD3BC" in table

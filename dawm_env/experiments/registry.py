@@ -62,6 +62,8 @@ class Method:
     lowest IDM std (:func:`~dawm_env.agents.sources.trust_mask`); None = keep all."""
     alpha: Optional[float] = None
     """TD3+BC's alpha (the Q term's weight against behaviour cloning); None = CORL's 2.5."""
+    bc_real_only: bool = False
+    """Generated TD3+BC methods: clone only each rollout's real first action, not the IDM-inferred ones."""
 
 
 @dataclass(frozen=True)
@@ -97,13 +99,15 @@ class Cell:
     """Generated cells: fraction of the IDM-inferred transitions kept, the most trusted (None = all)."""
     alpha: Optional[float] = None
     """TD3+BC's alpha (None = CORL's default)."""
+    bc_real_only: bool = False
+    """Generated cells: TD3+BC clones only the real first actions."""
 
     @property
     def levers(self) -> dict:
-        """The lever settings that are set (real share, g, trust filter, alpha): part of keys and tags only when
-        set, so cells without them keep the keys they always had."""
-        names = ("real_fraction", "rtg", "trust_keep", "alpha")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        """The lever settings that are set (real share, g, trust filter, alpha, BC on real actions): part of keys
+        and tags only when set, so cells without them keep the keys they always had."""
+        names = ("real_fraction", "rtg", "trust_keep", "alpha", "bc_real_only")
+        return {n: getattr(self, n) for n in names if getattr(self, n) not in (None, False)}
 
     @property
     def env(self) -> str:
@@ -151,7 +155,8 @@ class Experiment:
                         subsample=preset.generation_subsample * m.subsample if m.generated else 1,
                         action_source=m.action_source if m.generated else "idm",
                         real_fraction=m.real_fraction if m.generated else None, rtg=m.rtg if m.generated else None,
-                        trust_keep=m.trust_keep if m.generated else None, alpha=m.alpha))
+                        trust_keep=m.trust_keep if m.generated else None, alpha=m.alpha,
+                        bc_real_only=m.bc_real_only and m.generated))
         return out
 
 
@@ -192,7 +197,8 @@ def _augment(p: ExperimentPreset) -> list[Method]:
     # near the top of the data's return-to-go (p50 0.84, p95 0.93 on hopper-medium, task units) come first
     return [Method("TD3BC", "td3bc"), Method("TD3BC alpha=10", "td3bc", alpha=10.0),
             Method("DAWM (paper)", "td3bc", True), Method("DAWM alpha=10", "td3bc", True, alpha=10.0),
-            Method("DAWM g=0.95", "td3bc", True, rtg=0.95), Method("DAWM trust 50%", "td3bc", True, trust_keep=0.5),
+            Method("DAWM g=0.95", "td3bc", True, rtg=0.95), Method("DAWM BC on real a_t", "td3bc", True, bc_real_only=True),
+            Method("DAWM trust 50%", "td3bc", True, trust_keep=0.5),
             Method("mix 50% real", "td3bc", True, real_fraction=0.5), Method("DAWM_1", "td3bc", True, horizon=1),
             Method("DAWM_3", "td3bc", True, horizon=3), Method("DAWM g=0.6", "td3bc", True, rtg=0.6),
             Method("DWM-TD3BC", "dwm-td3bc", True)]
@@ -222,7 +228,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                note="Not in the paper: the lever screen of 'DAWM data that pays off'. Every cell's difference is "
                     "to TD3BC on the real data (CORL defaults). DAWM (paper) is the paper's recipe (H and g of the "
                     "preset, IDM actions, generated data only); trust: only the least uncertain half of the "
-                    "IDM-inferred transitions (by the IDM's std) is trained on, real first steps always kept."),
+                    "IDM-inferred transitions (by the IDM's std) is trained on, real first steps always kept; BC on real "
+                    "a_t: TD3+BC's behaviour cloning uses only each rollout's real first action (the critic all "
+                    "transitions), DWM's use of the data without cloning IDM actions."),
     Experiment("consistency", "IDM action error and action consistency, in and out of distribution",
                "consistency", lambda p: [], paper_levels=("medium",),
                note="In distribution: the bundle's own training level (its held-out episodes); out of "

@@ -175,9 +175,10 @@ def _data_tag(cell: Cell) -> str:
 
 
 def _lever_tag(cell: Cell) -> str:
-    """Readable part of a cell's run name for the training levers: ``-mix0p5-trust0p5-a10``."""
+    """Readable part of a cell's run name for the training levers: ``-mix0p5-trust0p5-a10-bcreal``."""
     names = {"real_fraction": "mix", "trust_keep": "trust", "alpha": "a"}
-    return "".join(f"-{names[k]}{v:g}".replace(".", "p") for k, v in cell.levers.items() if k in names)
+    tag = "".join(f"-{names[k]}{v:g}".replace(".", "p") for k, v in cell.levers.items() if k in names)
+    return tag + ("-bcreal" if cell.bc_real_only else "")
 
 
 def _now() -> str:
@@ -520,7 +521,8 @@ class Workspace:
         overrides = {"bf16": True} if p.agent_bf16 else {}
         if cell.alpha is not None:
             overrides["alpha"] = cell.alpha
-        kwargs.update(real_fraction=cell.real_fraction, trust_keep=cell.trust_keep, algo_overrides=overrides)
+        kwargs.update(real_fraction=cell.real_fraction, trust_keep=cell.trust_keep,
+                      bc_real_actions_only=cell.bc_real_only, algo_overrides=overrides)
         train_agent(TrainAgentConfig(**kwargs))
         res = json.loads((run_dir / "results.json").read_text())
         # the protocol's last word: fresh episodes (a reset stream the learning curve never used) per seed

@@ -24,8 +24,9 @@ What a cell needs is created when missing:
 - the bundle of ``(task, level)``: ``bundles`` override, else a bundle named ``<task>-<level>`` (shipped or in
   ``$DAWM_HOME/bundles``), else ``$DAWM_HOME/runs/<task>-<level>`` when it holds a finished bundle, else one is
   trained into ``OUT/bundles/<task>-<level>`` with the preset's world-model / IDM budgets;
-- generated data ``dawm-exp/<task>/<level>-h<H>[-sub<n>][-<actions>]-<hash>-v0`` (:func:`generate_dataset`;
-  ``sub<n>``: from 1/n of the seed pairs; the hash covers the real data, the bundle (folder and content) and
+- generated data ``dawm-exp/<task>/<level>-h<H>[-sub<n>][-<actions>][-g<g>]-<hash>-v0`` (:func:`generate_dataset`;
+  ``sub<n>``: from 1/n of the seed pairs; ``g<g>``: a generation target of its own, dots as ``p``; the hash covers
+  the real data, the bundle (folder and content) and
   every generation setting).
 
 Keys of cells that use a bundle cover the bundle's content (sha256 of its files): a bundle retrained or changed

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import add_out_argument, save_results
+
 from dawm_env.agents.evaluation import FINAL_EVALUATIONS, aggregate, difference_ci, final_scores
 from dawm_env.agents.train import TrainAgentConfig, evaluate_run, train_agent
 from dawm_env.runtime import machine_info

@@ -19,8 +19,8 @@ import argparse
 
 import numpy as np
 import torch
-
 from _common import add_out_argument, save_results
+
 from dawm_env.agents.evaluation import FINAL_STREAM, Evaluator, aggregate, reset_seeds
 from dawm_env.agents.export import seed_policy
 from dawm_env.agents.train import load_agent

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import torch
 
 from dawm_env.agents.networks import Normalizer

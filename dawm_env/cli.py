@@ -472,8 +472,8 @@ def _parse_fields(values: Optional[list[str]], flag: str) -> dict[str, object]:
 
 @app.command("experiment")
 def experiment_cmd(
-    name: str = typer.Argument(..., help="table2, table3, table4, table5, table6, ablation-idm, augment or consistency."),
-    preset: str = typer.Option("cpu", help="Budget: smoke (seconds), cpu (2 CPU cores), screen (augment's lever screen) or paper."),
+    name: str = typer.Argument(..., help="table2, table3, table4, table5, table6, ablation-idm, augment, confirm or consistency."),
+    preset: str = typer.Option("cpu", help="Budget: smoke (seconds), cpu (2 CPU cores), screen (augment's lever screen), confirm (its confirmation) or paper."),
     tasks: Optional[list[str]] = typer.Option(None, help="Tasks (repeat or comma-separate; default: the preset's)."),
     levels: Optional[list[str]] = typer.Option(None, help="Levels (repeat or comma-separate; default: the preset's)."),
     seeds: Optional[int] = typer.Option(None, help="Agent seeds per cell (default: the preset's)."),

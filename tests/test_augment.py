@@ -16,7 +16,7 @@ from dawm_env.agents.td3bc import TD3BC, TD3BCConfig
 from dawm_env.agents.train import TrainAgentConfig
 from dawm_env.data.loading import load_dataset, save_npz
 from dawm_env.data.minari_io import iter_episodes_fast, read_provenance
-from dawm_env.experiments.presets import SCREEN, SMOKE
+from dawm_env.experiments.presets import CONFIRM, SCREEN, SMOKE
 from dawm_env.experiments.registry import EXPERIMENTS
 from dawm_env.experiments.runner import ExperimentConfig, Workspace, run_experiment
 from dawm_env.generation.stats import transition_idm_std
@@ -168,3 +168,34 @@ def test_augment_at_smoke_preset(tiny_bundle, hopper_random, tmp_path):
 
     table = (root / "augment" / "table.md").read_text()
     assert "TD3BC alpha=10 - TD3BC" in table and "DAWM trust 50% - TD3BC" in table
+
+
+def test_confirm_preset_uses_seeds_the_screen_never_used():
+    screen = set(range(SCREEN.first_seed, SCREEN.first_seed + SCREEN.seeds))
+    confirm = set(range(CONFIRM.first_seed, CONFIRM.first_seed + CONFIRM.seeds))
+    assert CONFIRM.seeds == 5 and not screen & confirm
+    assert (CONFIRM.agent_steps, CONFIRM.fresh_episodes, CONFIRM.agent_bf16) == (100_000, 50, True)
+    with pytest.raises(ValueError, match="first_seed must be >= 0"):
+        replace(SMOKE, first_seed=-1)
+
+
+def test_confirm_at_smoke_preset_trains_the_first_seed_onwards(tiny_bundle, hopper_random, tmp_path):
+    data = tmp_path / "hopper_random.npz"
+    save_npz(hopper_random, data)
+    cfg = ExperimentConfig(name="confirm", preset=replace(SMOKE, tasks=("hopper",), levels=("random",), first_seed=7),
+                           out=str(tmp_path / "exp"), datasets={"hopper/random": str(data)},
+                           bundles={"hopper/random": str(tiny_bundle)}, progress=False)
+    ws = Workspace(cfg)
+    cells = EXPERIMENTS["confirm"].cells(ws.p, ("hopper",), ("random",))
+    # seeds 0.. and 7.. are different runs; first_seed 0 keeps the keys every earlier run has
+    zero = Workspace(replace(cfg, preset=replace(cfg.preset, first_seed=0)))
+    aug = {c.method: c for c in EXPERIMENTS["augment"].cells(zero.p, ("hopper",), ("random",))}
+    assert zero.cell_key(cells[0]) == zero.cell_key(aug["TD3BC"]) != ws.cell_key(cells[0])
+    res = run_experiment(cfg, echo=lambda _: None)
+    assert res["complete"], [(r["cell"]["method"], r["status"]) for r in res["cells"]]
+    recs = {r["cell"]["method"]: r for r in res["cells"]}
+    assert list(recs) == [m.label for m in EXPERIMENTS["confirm"].methods(cfg.preset)]
+    for rec in recs.values():
+        assert json.loads((Path(rec["run_dir"]) / "config.json").read_text())["seeds"] == [7, 8]
+    table = (tmp_path / "exp" / "confirm" / "table.md").read_text()
+    assert "DAWM trust 50% - TD3BC" in table and "DAWM-IQL trust 50% - IQL" in table

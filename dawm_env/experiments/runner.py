@@ -467,6 +467,8 @@ class Workspace:
         ident.update({k: v for k, v in cell.levers.items() if k != "rtg"})  # rtg is in the generated id
         if p.agent_bf16:
             ident["bf16"] = True
+        if p.first_seed:
+            ident["first_seed"] = p.first_seed
         data = _data_tag(cell) if cell.generated else "real"
         return f"{cell.task}-{cell.level}-{cell.algo}-{data}{_lever_tag(cell)}-{_hash(ident)}"
 
@@ -515,6 +517,7 @@ class Workspace:
         run_dir = self.root / RUNS_DIR / key
         kwargs: dict = dict(
             algo=cell.algo, dataset=real, out=str(run_dir), synthetic=gen_id, steps=p.agent_steps, seeds=p.seeds,
+            seed=p.first_seed,
             batch_size=p.batch_size, eval_every=min(p.eval_every, p.agent_steps), eval_episodes=p.eval_episodes,
             level=cell.level, task=cell.task, device=self.cfg.device, threads=p.threads, progress=self.cfg.progress)
         if cell.algo.startswith("ssorl-"):

@@ -149,6 +149,22 @@ def data_combine(
         _fail(err)
 
 
+@data_app.command("subset")
+def data_subset(
+    dataset: str = typer.Option(..., help="Source: a Minari id or a D4RL hdf5 / npz file."),
+    fraction: float = typer.Option(..., help="Keep at least this fraction of the transitions, in whole episodes."),
+    dataset_id: str = typer.Option(..., "--id", help="Minari id of the subset."),
+    seed: int = typer.Option(0, help="Seed of the episode shuffle."),
+) -> None:
+    """Write a random fraction of a dataset's episodes as a new Minari dataset (the low-data regime); prints the id."""
+    from dawm_env.data.subset import SubsetConfig, write_subset
+
+    try:
+        typer.echo(write_subset(SubsetConfig(dataset=dataset, fraction=fraction, dataset_id=dataset_id, seed=seed)))
+    except _EXPECTED as err:
+        _fail(err)
+
+
 @app.command("generate")
 def generate_cmd(
     bundle: str = typer.Option(..., help="Bundle name or folder (world model + IDM)."),
@@ -472,8 +488,8 @@ def _parse_fields(values: Optional[list[str]], flag: str) -> dict[str, object]:
 
 @app.command("experiment")
 def experiment_cmd(
-    name: str = typer.Argument(..., help="table2, table3, table4, table5, table6, ablation-idm, augment, confirm or consistency."),
-    preset: str = typer.Option("cpu", help="Budget: smoke (seconds), cpu (2 CPU cores), screen (augment's lever screen), confirm (its confirmation) or paper."),
+    name: str = typer.Argument(..., help="table2, table3, table4, table5, table6, ablation-idm, augment, confirm, lowdata or consistency."),
+    preset: str = typer.Option("cpu", help="Budget: smoke (seconds), cpu (2 CPU cores), screen (augment's lever screen), confirm (its confirmation), lowdata or paper."),
     tasks: Optional[list[str]] = typer.Option(None, help="Tasks (repeat or comma-separate; default: the preset's)."),
     levels: Optional[list[str]] = typer.Option(None, help="Levels (repeat or comma-separate; default: the preset's)."),
     seeds: Optional[int] = typer.Option(None, help="Agent seeds per cell (default: the preset's)."),

@@ -50,7 +50,7 @@ def count_train_calls(monkeypatch) -> list:
 
 
 def test_presets_and_grids_are_documented_dataclasses():
-    assert set(PRESETS) == {"smoke", "cpu", "screen", "confirm", "paper"}
+    assert set(PRESETS) == {"smoke", "cpu", "screen", "confirm", "lowdata", "paper"}
     assert get_preset("paper").agent_steps == 1_000_000 and get_preset("paper").seeds == 5
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("huge")

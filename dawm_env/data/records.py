@@ -171,6 +171,21 @@ class OfflineDataset:
             episode_offsets=np.concatenate(offsets), seeds=cat("seeds"), source=source,
         )
 
+    def select_episodes(self, episodes: Sequence[int], source: str = "") -> "OfflineDataset":
+        """The dataset of only ``episodes`` (indices, in the order given), every row of each kept whole."""
+        idx = np.asarray(episodes, dtype=np.int64)
+        if idx.ndim != 1 or not len(idx) or idx.min() < 0 or idx.max() >= self.num_episodes:
+            raise ValueError(f"episode indices must be a non-empty list within [0, {self.num_episodes})")
+        lengths = self.episode_lengths[idx]
+        rows = np.concatenate([np.arange(self.episode_offsets[e], self.episode_offsets[e + 1]) for e in idx])
+        take = lambda name: getattr(self, name)[rows]  # noqa: E731
+        return OfflineDataset(
+            task=self.task, observations=take("observations"), actions=take("actions"), rewards=take("rewards"),
+            next_observations=take("next_observations"), terminations=take("terminations"),
+            truncations=take("truncations"), episode_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            seeds=self.seeds[idx], source=source or self.source,
+        )
+
     # --- access -------------------------------------------------------------------------------
     @property
     def num_transitions(self) -> int:

@@ -40,6 +40,10 @@ class ExperimentPreset:
     learning curve never saw; the table's "fresh" column); None = skip."""
     batch_size: int = 256
     """Agent batch size per seed."""
+    data_fraction: float = 1.0
+    """Below 1: the low-data regime. Every cell's real data is a random ``data_fraction`` of the real dataset's
+    transitions in whole episodes (:mod:`dawm_env.data.subset`, shuffle seed 0), and the world model and IDM are
+    trained on that subset (never a bundle trained on the whole data)."""
     agent_bf16: bool = False
     """Train the agents' matmuls under bfloat16 autocast (TD3BCConfig / IQLConfig ``bf16``): faster on CPUs with
     AVX512-BF16 / AMX; benchmarks/agent_noise.py measures that it agrees with float32 within the CI."""
@@ -107,6 +111,8 @@ class ExperimentPreset:
             elif isinstance(value, int) and not isinstance(value, bool) and value < 1:
                 raise ValueError(f"{flags.get(f.name, f.name)} must be >= 1, got {value}")
         DDConfig.preset(self.dd_preset)  # an unknown planner preset fails here, listing the valid ones
+        if not 0.0 < self.data_fraction <= 1.0:
+            raise ValueError(f"data_fraction must lie in (0, 1], got {self.data_fraction}")
         if not 0.0 <= self.ssorl_fraction <= 1.0:
             raise ValueError(f"ssorl_fraction must lie in [0, 1], got {self.ssorl_fraction}")
 
@@ -155,6 +161,16 @@ CONFIRM = ExperimentPreset(
     dataset_steps=None, wm_preset="cpu", wm_steps=12_000, idm_steps=2000, consistency_windows=1024, threads=1,
 )
 
+#: The low-data regime of ``lowdata`` (issue "DAWM data that pays off"): 10% of hopper-medium (100k transitions in
+#: whole episodes) is all the real data; a world model (the cpu recipe, 12k steps) and IDM trained on it roll out from
+#: every one of its pairs (H = 7: about 7x the real data); 5 seeds x 100k agent steps in bf16 as ``confirm``.
+LOWDATA = ExperimentPreset(
+    name="lowdata", tasks=("hopper",), levels=("medium",), seeds=5, agent_steps=100_000, eval_every=10_000,
+    eval_episodes=10, fresh_episodes=50, agent_bf16=True, data_fraction=0.1, generation_subsample=1,
+    generation_repeats=1, dataset_steps=None, wm_preset="cpu", wm_steps=12_000, idm_steps=2000,
+    consistency_windows=1024, threads=1,
+)
+
 #: The paper's budgets (a GPU setting): its datasets, 5 seeds x 1M steps, evaluation every 5k steps with 10
 #: episodes, generation from every real pair with H = 7, DAWM-T with T = 8, the paper-size world model.
 PAPER = ExperimentPreset(
@@ -163,7 +179,7 @@ PAPER = ExperimentPreset(
     idm_steps=None, consistency_windows=4096, dd_preset="paper",
 )
 
-PRESETS: dict[str, ExperimentPreset] = {p.name: p for p in (SMOKE, CPU, SCREEN, CONFIRM, PAPER)}
+PRESETS: dict[str, ExperimentPreset] = {p.name: p for p in (SMOKE, CPU, SCREEN, CONFIRM, LOWDATA, PAPER)}
 
 
 def get_preset(name: str) -> ExperimentPreset:

@@ -16,6 +16,7 @@ ablation-idm   actions of generated steps h >= 1 from the IDM vs uniform random 
                conditioning action a_t (TD3+BC; the reviewers' IDM ablation)
 augment        levers on DAWM data (real share, horizon, trust filter, g, BC weight) vs real data (not in the paper)
 confirm        the screen's best lever vs real data and the paper's recipe, on seeds the screen never used
+lowdata        DAWM from a world model trained on 10% of the real data vs the 10% alone (not in the paper)
 consistency    IDM action error on real transitions and action consistency on generated next states,
                in distribution (the bundle's training level) and out of distribution (other levels)
 =============  =========================================================================================
@@ -213,6 +214,13 @@ def _confirm(p: ExperimentPreset) -> list[Method]:
             Method("DAWM-IQL trust 50%", "iql", True, trust_keep=0.5)]
 
 
+def _lowdata(p: ExperimentPreset) -> list[Method]:
+    # the low-data regime: every cell (and the world model) sees only the preset's data_fraction of the real data
+    return [Method("TD3BC", "td3bc"), Method("DAWM (paper)", "td3bc", True),
+            Method("DAWM trust 50%", "td3bc", True, trust_keep=0.5),
+            Method("mix 50% real", "td3bc", True, real_fraction=0.5)]
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("table2", "Decision Diffuser and DAWM vs DWM with TD3+BC and IQL (paper Table 2)", "agent", _table2,
                note="DD: one planner per dataset (preset dd_preset), its seeds are planning seeds (sampling noise "
@@ -245,6 +253,11 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                note="Not in the paper: the confirmation step of 'DAWM data that pays off', run with the confirm "
                     "preset's seeds (100-104), which the screen (seeds 0-2) never used. Every cell's difference is "
                     "to the real-data cell of its algorithm (CORL defaults)."),
+    Experiment("lowdata", "Low data: DAWM from a world model trained on a fraction of the real data vs that fraction",
+               "agent", _lowdata, paper_levels=("medium",),
+               note="Not in the paper: every cell's real data, and the data its bundle is trained on, is the "
+                    "preset's data_fraction of the real dataset (whole episodes, shuffle seed 0); DAWM rolls out "
+                    "from every pair of it. Differences are to TD3BC on the same fraction."),
     Experiment("consistency", "IDM action error and action consistency, in and out of distribution",
                "consistency", lambda p: [], paper_levels=("medium",),
                note="In distribution: the bundle's own training level (its held-out episodes); out of "

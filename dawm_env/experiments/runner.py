@@ -66,6 +66,7 @@ from dawm_env.agents.train import TrainAgentConfig, evaluate_run, train_agent
 from dawm_env.data.build import BuildConfig, build_dataset, default_dataset_id
 from dawm_env.data.loading import is_dataset_file, load_dataset
 from dawm_env.data.minari_io import dataset_exists, read_provenance
+from dawm_env.data.subset import SubsetConfig, write_subset
 from dawm_env.experiments.presets import ExperimentPreset
 from dawm_env.experiments.registry import PLANNER_ALGO, Cell, Experiment, get_experiment
 from dawm_env.experiments.report import write_experiment_report
@@ -198,8 +199,9 @@ class Workspace:
         self._checked_files: set[str] = set()
 
     # --- real data --------------------------------------------------------------------------------
-    def real_source(self, task: str, level: str) -> str:
-        """The real dataset of ``(task, level)``: the override, else the preset's standard id (may not exist yet)."""
+    def full_real_source(self, task: str, level: str) -> str:
+        """The whole real dataset of ``(task, level)``: the override, else the preset's standard id (may not exist
+        yet). :meth:`real_source` is a fraction of it when the preset's ``data_fraction`` is below 1."""
 
         override = self.cfg.datasets.get(f"{task}/{level}")
         if override:
@@ -208,10 +210,25 @@ class Workspace:
             return default_dataset_id(task, level)
         return f"{EXP_NAMESPACE}/{get_task(task).name}/{level}-n{self.p.dataset_steps}-v0"
 
+    def real_source(self, task: str, level: str) -> str:
+        """The real dataset every cell of ``(task, level)`` trains on (may not exist yet): the whole one, or with a
+        ``data_fraction`` below 1 the subset ``dawm-exp/<task>/<level>-frac<f>-<hash of the whole one>-v0``."""
+        full = self.full_real_source(task, level)
+        if self.p.data_fraction >= 1.0:
+            return full
+        return f"{EXP_NAMESPACE}/{get_task(task).name}/{level}-{self._fraction_tag(task, level)}-v0"
+
+    def _fraction_tag(self, task: str, level: str) -> str:
+        """``frac0p1-<hash of the whole dataset's identity>``: names the subset and the bundle trained on it."""
+        full = self._source_identity(self.full_real_source(task, level))
+        return f"frac{self.p.data_fraction:g}".replace(".", "p") + f"-{_hash(full, 8)}"
+
     def existing_real_source(self, task: str, level: str) -> Optional[str]:
         """A real dataset of ``(task, level)`` that is on disk (the preset's, else the standard id), or None."""
 
         source = self.real_source(task, level)
+        if self.p.data_fraction < 1.0:
+            return source if dataset_exists(source) else None
         if f"{task}/{level}" in self.cfg.datasets:
             return source
         for candidate in (source, default_dataset_id(task, level)):
@@ -221,7 +238,9 @@ class Workspace:
 
     def real_identity(self, task: str, level: str) -> dict:
         """``{"real": source}`` of ``(task, level)``, plus the sha256 of its content when the source is a file."""
-        source = self.real_source(task, level)
+        return self._source_identity(self.real_source(task, level))
+
+    def _source_identity(self, source: str) -> dict:
         if not is_dataset_file(source):
             return {"real": source}
         if source not in self._file_hashes:
@@ -230,13 +249,21 @@ class Workspace:
         return {"real": source, "real_sha256": self._file_hashes[source]}
 
     def ensure_real(self, task: str, level: str) -> str:
-        """The real dataset of ``(task, level)``, built with the D4RL-style builder when missing.
+        """The real dataset of ``(task, level)``, built with the D4RL-style builder when missing (and its
+        ``data_fraction`` subset written, :mod:`dawm_env.data.subset`).
 
         Raises:
             ValueError: an override that holds another task's data (one line naming the override).
         """
 
-        source = self.real_source(task, level)
+        full = self._ensure_full_real(task, level)
+        if self.p.data_fraction >= 1.0:
+            return full
+        return write_subset(SubsetConfig(dataset=full, fraction=self.p.data_fraction,
+                                         dataset_id=self.real_source(task, level), seed=0))
+
+    def _ensure_full_real(self, task: str, level: str) -> str:
+        source = self.full_real_source(task, level)
         key = f"{task}/{level}"
         if key in self.cfg.datasets:
             if is_dataset_file(source) and key not in self._checked_files:  # a Minari id records its env
@@ -270,6 +297,8 @@ class Workspace:
         if override:
             return resolve_bundle(override).resolve()
         name = f"{get_task(task).name}-{level}"
+        if self.p.data_fraction < 1.0:  # never a bundle trained on the whole data
+            name += f"-{self._fraction_tag(task, level)}"
         for candidate in [r / name for r in bundle_roots()] + [dawm_home() / "runs" / name]:
             if (candidate / "bundle.json").is_file():
                 return candidate.resolve()

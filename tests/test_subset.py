@@ -15,7 +15,6 @@ from dawm_env.data.loading import load_dataset, save_npz
 from dawm_env.data.minari_io import read_provenance
 from dawm_env.data.subset import SubsetConfig, subset_episodes, write_subset
 from dawm_env.experiments.presets import LOWDATA, SMOKE
-from dawm_env.experiments.registry import EXPERIMENTS
 from dawm_env.experiments.runner import ExperimentConfig, Workspace, run_experiment
 
 

@@ -233,26 +233,39 @@ class DatasetSource:
         return dataset_obs_moments(self.data)
 
 
-def trust_mask(idm_std: np.ndarray, keep: float) -> np.ndarray:
+#: How :func:`trust_mask` ranks the IDM-inferred transitions: ``idm_std`` (lowest std first) or ``random`` (the
+#: control: as many transitions, drawn at random, so a gain can be told from the filter's other effects).
+TRUST_SIGNALS: tuple[str, ...] = ("idm_std", "random")
+
+
+def trust_mask(idm_std: np.ndarray, keep: float, signal: str = "idm_std", seed: int = 0) -> np.ndarray:
     """Which generated transitions to train on when only the most trusted IDM-inferred ones are kept.
 
     Transitions with ``idm_std == 0`` carry a known action (each rollout's real first action) and are always kept.
-    Of the others, the ``round(keep * n)`` with the lowest std are kept (ties broken by position).
+    Of the others, ``round(keep * n)`` are kept: those with the lowest std (ties broken by position), or with
+    ``signal="random"`` a uniformly random set of that size (``seed``).
 
     Args:
         idm_std: ``(N,)`` per-transition IDM std (:func:`~dawm_env.generation.stats.transition_idm_std`).
         keep: fraction in (0, 1] of the IDM-inferred transitions to keep.
+        signal: one of :data:`TRUST_SIGNALS`.
+        seed: seed of the ``random`` control.
 
     Returns:
         ``(N,)`` bool mask.
     """
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"trust_keep must lie in (0, 1], got {keep}")
+    if signal not in TRUST_SIGNALS:
+        raise ValueError(f"unknown trust signal {signal!r}; choose one of {', '.join(TRUST_SIGNALS)}")
     std = np.asarray(idm_std, dtype=np.float64)
     mask = std <= 0.0
     inferred = np.flatnonzero(~mask)
     n_keep = int(round(keep * inferred.size))
-    mask[inferred[np.argsort(std[inferred], kind="stable")[:n_keep]]] = True
+    if signal == "random":
+        mask[np.random.default_rng(seed).choice(inferred, size=n_keep, replace=False)] = True
+    else:
+        mask[inferred[np.argsort(std[inferred], kind="stable")[:n_keep]]] = True
     return mask
 
 

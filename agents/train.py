@@ -56,6 +56,7 @@ from dawm_env.agents.evaluation import (
 from dawm_env.agents.iql import IQL, IQLConfig, corl_iql_preset
 from dawm_env.agents.networks import Normalizer
 from dawm_env.agents.sources import (
+    TRUST_SIGNALS,
     DatasetSource,
     MixSource,
     OnlineGeneratedSource,
@@ -121,6 +122,9 @@ class TrainAgentConfig:
     """With a ``synthetic`` dataset written by ``dawm generate`` (one-step ``td3bc`` / ``iql``): train only on the
     fraction ``trust_keep`` of its IDM-inferred transitions with the lowest IDM std, plus every rollout's real first
     step (:func:`~dawm_env.agents.sources.trust_mask`); None = all of them."""
+    trust_signal: str = "idm_std"
+    """How ``trust_keep`` ranks the IDM-inferred transitions: ``idm_std`` (lowest first) or ``random`` (the control:
+    as many transitions at random, seed 0)."""
     bc_real_actions_only: bool = False
     """With a ``synthetic`` dataset written by ``dawm generate`` (``td3bc``): the behaviour-cloning term clones only
     each rollout's real first action (IDM std 0), the critic and the Q term train on every transition; real rows of
@@ -222,6 +226,8 @@ class TrainAgentConfig:
                                  f"iql; {self.algo} without --synthetic has none")
             if not 0.0 < self.trust_keep <= 1.0:
                 raise ValueError(f"trust_keep must lie in (0, 1], got {self.trust_keep}")
+        if self.trust_signal not in TRUST_SIGNALS:
+            raise ValueError(f"unknown trust_signal {self.trust_signal!r}; choose one of {', '.join(TRUST_SIGNALS)}")
         if self.bc_real_actions_only and (self.synthetic is None or self.algo != "td3bc"):
             raise ValueError("bc_real_actions_only weights TD3+BC's behaviour cloning on a --synthetic dataset; it "
                              f"needs --algo td3bc with --synthetic (got {self.algo}, synthetic={self.synthetic})")
@@ -335,9 +341,11 @@ def build_source(cfg: TrainAgentConfig, real: OfflineDataset, device: torch.devi
                                  "the dataset is damaged, regenerate it")
             rows = weights = None
             if cfg.trust_keep is not None:
-                keep = trust_mask(std, cfg.trust_keep)
+                keep = trust_mask(std, cfg.trust_keep, cfg.trust_signal)
                 rows = np.flatnonzero(keep)
                 desc["trust"] = {"keep": cfg.trust_keep, "kept_transitions": int(keep.sum())}
+                if cfg.trust_signal != "idm_std":  # the default stays out: older runs resume with their records
+                    desc["trust"]["signal"] = cfg.trust_signal
                 log.info("trust filter: training on %d of %d generated transitions", int(keep.sum()), keep.size)
             if cfg.bc_real_actions_only:
                 weights = (std <= 0.0).astype(np.float32)  # std 0: the rollout's real first action

@@ -325,6 +325,8 @@ def train_agent_cmd(
         None, help="With --synthetic or --online: fraction of each batch from real data."),
     trust_keep: Optional[float] = typer.Option(
         None, help="With --synthetic: keep only this fraction of the IDM-inferred transitions, lowest IDM std first."),
+    trust_signal: str = typer.Option(
+        "idm_std", help="How --trust-keep ranks: idm_std, or random (the control: as many transitions at random)."),
     bc_real_actions_only: bool = typer.Option(
         False, help="With --synthetic (td3bc): clone only each rollout's real first action, not IDM-inferred ones."),
     bf16: bool = typer.Option(False, help="bfloat16 autocast for the agent's matmuls (faster on AVX512-BF16 CPUs)."),
@@ -356,7 +358,7 @@ def train_agent_cmd(
     try:
         path = train_agent(TrainAgentConfig(
             algo=algo, dataset=dataset, out=out, synthetic=synthetic, real_fraction=real_fraction,
-            trust_keep=trust_keep, bc_real_actions_only=bc_real_actions_only,
+            trust_keep=trust_keep, trust_signal=trust_signal, bc_real_actions_only=bc_real_actions_only,
             algo_overrides={"bf16": True} if bf16 else {}, steps=steps,
             seeds=seeds, seed=seed, eval_every=eval_every, eval_episodes=eval_episodes, bundle=bundle,
             ssorl_fraction=ssorl_fraction, mve_horizon=mve_horizon, online=online, online_pool=online_pool,

@@ -163,6 +163,8 @@ def test_augment_at_smoke_preset(tiny_bundle, hopper_random, tmp_path):
                                rtol=1e-6)
     inferred = int((std > 0).sum())
     assert run_config("DAWM trust 50%")["data"]["trust"]["kept_transitions"] == len(starts) + round(0.5 * inferred)
+    control = run_config("DAWM random 50%")["data"]["trust"]
+    assert control == {"keep": 0.5, "kept_transitions": len(starts) + round(0.5 * inferred), "signal": "random"}
 
     assert run_config("DAWM BC on real a_t")["data"]["bc_real_actions_only"]["cloned_transitions"] == len(starts)
 
@@ -199,3 +201,17 @@ def test_confirm_at_smoke_preset_trains_the_first_seed_onwards(tiny_bundle, hopp
         assert json.loads((Path(rec["run_dir"]) / "config.json").read_text())["seeds"] == [7, 8]
     table = (tmp_path / "exp" / "confirm" / "table.md").read_text()
     assert "DAWM trust 50% - TD3BC" in table and "DAWM-IQL trust 50% - IQL" in table
+
+
+def test_random_trust_control_keeps_as_many_rows_at_random():
+    std = np.array([0.0, 0.5, 0.1, 0.0, 0.3, 0.2, 0.4, 0.6, 0.05, 0.0])
+    by_std, control = trust_mask(std, 0.5), trust_mask(std, 0.5, "random", seed=3)
+    assert by_std.sum() == control.sum() == 3 + 4  # 3 real first steps + round(0.5 * 7) inferred
+    assert (control[std == 0]).all()
+    np.testing.assert_array_equal(control, trust_mask(std, 0.5, "random", seed=3))
+    draws = {tuple(np.flatnonzero(trust_mask(std, 0.5, "random", seed=s))) for s in range(20)}
+    assert len(draws) > 1  # a random set, not the std ranking under another name
+    with pytest.raises(ValueError, match="unknown trust signal"):
+        trust_mask(std, 0.5, "entropy")
+    with pytest.raises(ValueError, match="unknown trust_signal"):
+        TrainAgentConfig(algo="td3bc", dataset="x", out="y", synthetic="z", trust_keep=0.5, trust_signal="entropy")

@@ -62,6 +62,8 @@ class Method:
     trust_keep: Optional[float] = None
     """Generated one-step methods: keep only this fraction of the IDM-inferred transitions, the ones with the
     lowest IDM std (:func:`~dawm_env.agents.sources.trust_mask`); None = keep all."""
+    trust_signal: Optional[str] = None
+    """With ``trust_keep``: ``random`` keeps as many transitions at random (the filter's control); None = by IDM std."""
     alpha: Optional[float] = None
     """TD3+BC's alpha (the Q term's weight against behaviour cloning); None = CORL's 2.5."""
     bc_real_only: bool = False
@@ -99,6 +101,8 @@ class Cell:
     """Generated cells: generation target g (None = the preset's)."""
     trust_keep: Optional[float] = None
     """Generated cells: fraction of the IDM-inferred transitions kept, the most trusted (None = all)."""
+    trust_signal: Optional[str] = None
+    """Generated cells with ``trust_keep``: ``random`` = the control (as many at random); None = by IDM std."""
     alpha: Optional[float] = None
     """TD3+BC's alpha (None = CORL's default)."""
     bc_real_only: bool = False
@@ -108,7 +112,7 @@ class Cell:
     def levers(self) -> dict:
         """The lever settings that are set (real share, g, trust filter, alpha, BC on real actions): part of keys
         and tags only when set, so cells without them keep the keys they always had."""
-        names = ("real_fraction", "rtg", "trust_keep", "alpha", "bc_real_only")
+        names = ("real_fraction", "rtg", "trust_keep", "trust_signal", "alpha", "bc_real_only")
         return {n: getattr(self, n) for n in names if getattr(self, n) not in (None, False)}
 
     @property
@@ -157,7 +161,8 @@ class Experiment:
                         subsample=preset.generation_subsample * m.subsample if m.generated else 1,
                         action_source=m.action_source if m.generated else "idm",
                         real_fraction=m.real_fraction if m.generated else None, rtg=m.rtg if m.generated else None,
-                        trust_keep=m.trust_keep if m.generated else None, alpha=m.alpha,
+                        trust_keep=m.trust_keep if m.generated else None,
+                        trust_signal=m.trust_signal if m.generated and m.trust_keep is not None else None, alpha=m.alpha,
                         bc_real_only=m.bc_real_only and m.generated))
         return out
 
@@ -201,6 +206,7 @@ def _augment(p: ExperimentPreset) -> list[Method]:
             Method("DAWM (paper)", "td3bc", True), Method("DAWM alpha=10", "td3bc", True, alpha=10.0),
             Method("DAWM g=0.95", "td3bc", True, rtg=0.95), Method("DAWM BC on real a_t", "td3bc", True, bc_real_only=True),
             Method("DAWM trust 50%", "td3bc", True, trust_keep=0.5),
+            Method("DAWM random 50%", "td3bc", True, trust_keep=0.5, trust_signal="random"),
             Method("mix 50% real", "td3bc", True, real_fraction=0.5), Method("DAWM_1", "td3bc", True, horizon=1),
             Method("DAWM_3", "td3bc", True, horizon=3), Method("DAWM g=0.6", "td3bc", True, rtg=0.6),
             Method("DWM-TD3BC", "dwm-td3bc", True)]
@@ -245,7 +251,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                note="Not in the paper: the lever screen of 'DAWM data that pays off'. Every cell's difference is "
                     "to TD3BC on the real data (CORL defaults). DAWM (paper) is the paper's recipe (H and g of the "
                     "preset, IDM actions, generated data only); trust: only the least uncertain half of the "
-                    "IDM-inferred transitions (by the IDM's std) is trained on, real first steps always kept; BC on real "
+                    "IDM-inferred transitions (by the IDM's std) is trained on, real first steps always kept (random 50%: "
+                    "its control, as many kept at random); BC on real "
                     "a_t: TD3+BC's behaviour cloning uses only each rollout's real first action (the critic all "
                     "transitions), DWM's use of the data without cloning IDM actions."),
     Experiment("confirm", "The screen's best lever vs real data and the paper's recipe (held-out seeds)", "agent",

@@ -180,6 +180,7 @@ def _lever_tag(cell: Cell) -> str:
     """Readable part of a cell's run name for the training levers: ``-mix0p5-trust0p5-a10-bcreal``."""
     names = {"real_fraction": "mix", "trust_keep": "trust", "alpha": "a"}
     tag = "".join(f"-{names[k]}{v:g}".replace(".", "p") for k, v in cell.levers.items() if k in names)
+    tag += f"-{cell.trust_signal}" if cell.trust_signal else ""
     return tag + ("-bcreal" if cell.bc_real_only else "")
 
 
@@ -554,6 +555,8 @@ class Workspace:
         overrides = {"bf16": True} if p.agent_bf16 else {}
         if cell.alpha is not None:
             overrides["alpha"] = cell.alpha
+        if cell.trust_signal:
+            kwargs["trust_signal"] = cell.trust_signal
         kwargs.update(real_fraction=cell.real_fraction, trust_keep=cell.trust_keep,
                       bc_real_actions_only=cell.bc_real_only, algo_overrides=overrides)
         train_agent(TrainAgentConfig(**kwargs))

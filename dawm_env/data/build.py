@@ -28,14 +28,11 @@ import numpy as np
 from dawm_env.data.behavior_sac import BehaviorSACConfig, equivalent_finished_run, run_behavior_sac, run_dir_for
 from dawm_env.data.loading import load_dataset, load_npz
 from dawm_env.data.minari_io import (
-    check_dataset_output,
     dataset_exists,
-    dataset_lock,
     read_provenance,
-    remove_stale_staging,
-    restore_interrupted_overwrite,
     validate_dataset_id,
     write_minari_dataset,
+    write_once,
 )
 from dawm_env.data.policies import default_policy_path, load_policy
 from dawm_env.data.records import OfflineDataset
@@ -177,17 +174,8 @@ def build_dataset(cfg: BuildConfig, progress: bool = True) -> str:
 
     task = _check(cfg)
     dataset_id = default_dataset_id(task.name, cfg.level) if cfg.dataset_id is None else cfg.dataset_id
-    validate_dataset_id(dataset_id)
-    if _already_built(cfg, dataset_id):  # read-only: works even where the root cannot be written
-        return dataset_id
-    check_dataset_output(dataset_id)  # a read-only Minari root fails before minutes of rollouts, not after
-    with dataset_lock(dataset_id, flag="--id"):
-        # under the lock no live run of this id exists: tidy what killed ones left, then look again
-        restore_interrupted_overwrite(dataset_id)
-        remove_stale_staging(dataset_id)
-        if _already_built(cfg, dataset_id):
-            return dataset_id
-        return _build_locked(cfg, task, dataset_id, progress)
+    return write_once(dataset_id, lambda: _already_built(cfg, dataset_id),
+                      lambda: _build_locked(cfg, task, dataset_id, progress))
 
 
 def _already_built(cfg: BuildConfig, dataset_id: str) -> bool:

@@ -29,7 +29,7 @@ import uuid
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -204,6 +204,25 @@ def remove_stale_staging(dataset_id: str) -> None:
         if re.fullmatch(r"[0-9a-f]{32}", folder.name) and (folder / dataset_id).is_dir():
             log.info("removing the staging folder %s of an interrupted write of %s", folder, dataset_id)
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_once(dataset_id: str, already_written: Callable[[], bool], write: Callable[[], str]) -> str:
+    """Run ``write`` (which writes ``dataset_id`` and returns it) unless ``already_written()`` says it is done.
+
+    The shared protocol of dawm's dataset writers: a read-only check first (a rerun works even where the root
+    cannot be written), then under the id's lock (a second writer fails at once) the leftovers of killed runs are
+    tidied and the check repeated, since another process may have finished the id meanwhile.
+    """
+    validate_dataset_id(dataset_id)
+    if already_written():
+        return dataset_id
+    check_dataset_output(dataset_id)  # a read-only Minari root fails before the work, not after
+    with dataset_lock(dataset_id, flag="--id"):
+        restore_interrupted_overwrite(dataset_id)
+        remove_stale_staging(dataset_id)
+        if already_written():
+            return dataset_id
+        return write()
 
 
 # --- fast episode-group writing -------------------------------------------------------------------

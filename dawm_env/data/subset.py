@@ -17,14 +17,11 @@ import numpy as np
 
 from dawm_env.data.loading import load_dataset
 from dawm_env.data.minari_io import (
-    check_dataset_output,
     dataset_exists,
-    dataset_lock,
     read_provenance,
-    remove_stale_staging,
-    restore_interrupted_overwrite,
     validate_dataset_id,
     write_minari_dataset,
+    write_once,
 )
 from dawm_env.data.records import OfflineDataset
 from dawm_env.tasks import get_task
@@ -72,30 +69,26 @@ def write_subset(cfg: SubsetConfig) -> str:
     Raises:
         FileExistsError: the id exists with another configuration.
     """
-    if _already_written(cfg):
-        return cfg.dataset_id
-    check_dataset_output(cfg.dataset_id)
-    with dataset_lock(cfg.dataset_id, flag="--id"):
-        restore_interrupted_overwrite(cfg.dataset_id)
-        remove_stale_staging(cfg.dataset_id)
-        if _already_written(cfg):
-            return cfg.dataset_id
-        data = load_dataset(cfg.dataset)
-        if not data.task:
-            raise ValueError(f"{cfg.dataset} records no task; give a dataset of hopper, walker2d or halfcheetah")
-        keep = subset_episodes(data, cfg.fraction, cfg.seed)
-        sub = data.select_episodes(keep, source=cfg.dataset_id)
-        provenance = {"builder": SUBSET_BUILDER, "config": asdict(cfg), "source_fingerprint": data.fingerprint(),
-                      "source_transitions": data.num_transitions, "source_episodes": data.num_episodes,
-                      "transitions": sub.num_transitions, "episodes": sub.num_episodes,
-                      "mean_normalized_score": float(np.mean(get_task(sub.task).normalized_score(
-                          sub.episode_returns()))), "episode_indices": keep.tolist()}
-        write_minari_dataset(sub, cfg.dataset_id, algorithm_name=f"subset of {cfg.dataset}", provenance=provenance,
-                             description=(f"{cfg.fraction:g} of the transitions of {cfg.dataset} in whole episodes "
-                                          f"(shuffle seed {cfg.seed}), dawm data subset."))
-        log.info("wrote %s: %d of %d episodes, %d transitions", cfg.dataset_id, sub.num_episodes, data.num_episodes,
-                 sub.num_transitions)
-        return cfg.dataset_id
+    return write_once(cfg.dataset_id, lambda: _already_written(cfg), lambda: _write(cfg))
+
+
+def _write(cfg: SubsetConfig) -> str:
+    data = load_dataset(cfg.dataset)
+    if not data.task:
+        raise ValueError(f"{cfg.dataset} records no task; give a dataset of hopper, walker2d or halfcheetah")
+    keep = subset_episodes(data, cfg.fraction, cfg.seed)
+    sub = data.select_episodes(keep, source=cfg.dataset_id)
+    provenance = {"builder": SUBSET_BUILDER, "config": asdict(cfg), "source_fingerprint": data.fingerprint(),
+                  "source_transitions": data.num_transitions, "source_episodes": data.num_episodes,
+                  "transitions": sub.num_transitions, "episodes": sub.num_episodes,
+                  "mean_normalized_score": float(np.mean(get_task(sub.task).normalized_score(sub.episode_returns()))),
+                  "episode_indices": keep.tolist()}
+    write_minari_dataset(sub, cfg.dataset_id, algorithm_name=f"subset of {cfg.dataset}", provenance=provenance,
+                         description=(f"{cfg.fraction:g} of the transitions of {cfg.dataset} in whole episodes "
+                                      f"(shuffle seed {cfg.seed}), dawm data subset."))
+    log.info("wrote %s: %d of %d episodes, %d transitions", cfg.dataset_id, sub.num_episodes, data.num_episodes,
+             sub.num_transitions)
+    return cfg.dataset_id
 
 
 def _already_written(cfg: SubsetConfig) -> bool:

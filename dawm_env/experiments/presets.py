@@ -8,7 +8,7 @@ experiment (:mod:`dawm_env.experiments.registry`). Every field can be overridden
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Optional
 
 from dawm_env.planner.config import DDConfig
@@ -155,21 +155,13 @@ SCREEN = ExperimentPreset(
 
 #: The confirmation of ``confirm`` (issue "DAWM data that pays off"): the screen's budget with 5 seeds that the
 #: screen never used (100-104), on hopper-medium / -medium-replay / -medium-expert (the experiment's grid).
-CONFIRM = ExperimentPreset(
-    name="confirm", tasks=("hopper",), levels=None, seeds=5, first_seed=100, agent_steps=100_000, eval_every=10_000,
-    eval_episodes=10, fresh_episodes=50, agent_bf16=True, generation_subsample=8, generation_repeats=1,
-    dataset_steps=None, wm_preset="cpu", wm_steps=12_000, idm_steps=2000, consistency_windows=1024, threads=1,
-)
+CONFIRM = replace(SCREEN, name="confirm", levels=None, seeds=5, first_seed=100)
 
 #: The low-data regime of ``lowdata`` (issue "DAWM data that pays off"): 10% of hopper-medium (100k transitions in
 #: whole episodes) is all the real data; a world model (the cpu recipe, 12k steps) and IDM trained on it roll out from
 #: every one of its pairs (H = 7: about 7x the real data); 5 seeds x 100k agent steps in bf16 as ``confirm``.
-LOWDATA = ExperimentPreset(
-    name="lowdata", tasks=("hopper",), levels=("medium",), seeds=5, agent_steps=100_000, eval_every=10_000,
-    eval_episodes=10, fresh_episodes=50, agent_bf16=True, data_fraction=0.1, generation_subsample=1,
-    generation_repeats=1, dataset_steps=None, wm_preset="cpu", wm_steps=12_000, idm_steps=2000,
-    consistency_windows=1024, threads=1,
-)
+LOWDATA = replace(CONFIRM, name="lowdata", levels=("medium",), first_seed=0, data_fraction=0.1,
+                  generation_subsample=1)
 
 #: The paper's budgets (a GPU setting): its datasets, 5 seeds x 1M steps, evaluation every 5k steps with 10
 #: episodes, generation from every real pair with H = 7, DAWM-T with T = 8, the paper-size world model.

@@ -504,6 +504,9 @@ def experiment_cmd(
                    "(repeatable)."),
     bundle: Optional[list[str]] = typer.Option(None, help="TASK/LEVEL=BUNDLE: use this bundle (repeatable)."),
     max_cells: Optional[int] = typer.Option(None, help="Run at most this many unfinished cells, then stop."),
+    import_: Optional[list[str]] = typer.Option(
+        None, "--import", help="A results.json (e.g. a copy in benchmarks/results/experiments): its finished cells "
+                               "count here when their keys match (repeatable)."),
     set_: Optional[list[str]] = typer.Option(
         None, "--set", help="Override any preset field, e.g. --set dd_steps=5000 --set horizons=[1,3] (repeatable)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
@@ -533,7 +536,8 @@ def experiment_cmd(
         cfg = ExperimentConfig(name=name, preset=replace(get_preset(preset), **overrides), out=out,
                                datasets=_parse_overrides(dataset, "dataset"),
                                bundles=_parse_overrides(bundle, "bundle"),
-                               max_cells=max_cells, device=device, progress=progress)
+                               max_cells=max_cells, device=device, progress=progress,
+                               import_reports=tuple(import_ or ()))
         results = run_experiment(cfg, echo=typer.echo)
     except _EXPECTED as err:
         _fail(err)

@@ -18,7 +18,7 @@ from dawm_env.data.loading import load_dataset, save_npz
 from dawm_env.data.minari_io import iter_episodes_fast, read_provenance
 from dawm_env.experiments.presets import CONFIRM, SCREEN, SMOKE
 from dawm_env.experiments.registry import EXPERIMENTS
-from dawm_env.experiments.runner import ExperimentConfig, Workspace, run_experiment
+from dawm_env.experiments.runner import ExperimentConfig, Workspace, import_records, run_experiment
 from dawm_env.generation.stats import transition_idm_std
 
 
@@ -201,6 +201,34 @@ def test_confirm_at_smoke_preset_trains_the_first_seed_onwards(tiny_bundle, hopp
         assert json.loads((Path(rec["run_dir"]) / "config.json").read_text())["seeds"] == [7, 8]
     table = (tmp_path / "exp" / "confirm" / "table.md").read_text()
     assert "DAWM trust 50% - TD3BC" in table and "DAWM-IQL trust 50% - IQL" in table
+    # a copy of the report (e.g. one kept in a repository) makes another output folder's cells finished: no run
+    report = tmp_path / "kept_results.json"
+    report.write_text((tmp_path / "exp" / "confirm" / "results.json").read_text())
+    elsewhere = replace(cfg, out=str(tmp_path / "elsewhere"), import_reports=(str(report),), max_cells=0)
+    again = run_experiment(elsewhere, echo=lambda _: None)
+    assert again["complete"] and [r["final"] for r in again["cells"]] == [r["final"] for r in res["cells"]]
+    # with another budget the imported records do not count (the key matches, the steps do not)
+    other = replace(elsewhere, preset=replace(cfg.preset, agent_steps=cfg.preset.agent_steps + 10))
+    assert run_experiment(other, echo=lambda _: None)["counts"]["pending"] == len(recs)
+
+
+def test_import_records_checks_the_report_and_never_replaces(tmp_path):
+    done = {"status": "done", "key": "hopper-medium-td3bc-real-abc", "steps": 10, "final": {"mean": 1.0}}
+    report = tmp_path / "results.json"
+    report.write_text(json.dumps({"cells": [done, {"status": "pending", "key": "other"}]}))
+    assert import_records(tmp_path / "out", report) == 1
+    assert json.loads((tmp_path / "out" / "cells" / f"{done['key']}.json").read_text()) == done
+    report.write_text(json.dumps({"cells": [{**done, "final": {"mean": 2.0}}]}))
+    assert import_records(tmp_path / "out", report) == 0  # the record already there stays
+    assert json.loads((tmp_path / "out" / "cells" / f"{done['key']}.json").read_text())["final"]["mean"] == 1.0
+    report.write_text(json.dumps({"cells": [{**done, "key": "../../escape"}]}))
+    with pytest.raises(ValueError, match="invalid key"):
+        import_records(tmp_path / "out", report)
+    report.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not an experiment report"):
+        import_records(tmp_path / "out", report)
+    with pytest.raises(ValueError, match="no such file"):
+        ExperimentConfig(name="confirm", preset=SMOKE, import_reports=(str(tmp_path / "missing.json"),))
 
 
 def test_random_trust_control_keeps_as_many_rows_at_random():

@@ -135,6 +135,11 @@ class ExperimentConfig:
     other processes hold do not count)."""
     progress: bool = True
     """Show progress bars."""
+    import_reports: tuple[str, ...] = ()
+    """``results.json`` reports (of any experiment) whose finished cell records are copied into ``OUT/cells``
+    first (:func:`import_records`): results made on another machine, or kept in a repository, count as finished
+    here when their keys match (same data, bundle, method and budget); a record whose key does not match is
+    never used."""
 
     def __post_init__(self) -> None:
         get_experiment(self.name)
@@ -151,6 +156,9 @@ class ExperimentConfig:
                 raise ValueError(f"--dataset {key}={source}: no such file (a D4RL hdf5 / npz file or a Minari id)")
         if self.max_cells is not None and self.max_cells < 0:
             raise ValueError(f"max_cells must be >= 0, got {self.max_cells}")
+        for report in self.import_reports:
+            if not Path(report).expanduser().is_file():
+                raise ValueError(f"--import {report}: no such file (an experiment's results.json)")
         resolve_device(self.device)  # --device cuda without CUDA: one line now, not after building data
         check_rtg(self.preset.rtg, "preset rtg")  # a NaN target would fail after generation, blamed on the bundle
 
@@ -669,6 +677,38 @@ def resolve_grid(exp: Experiment, preset: ExperimentPreset) -> tuple[tuple[str, 
     return tasks, levels
 
 
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def import_records(root: Path, report: str | Path) -> int:
+    """Copy the finished cell records of a ``results.json`` report into ``root/cells``; returns how many were new.
+
+    A record already in ``root/cells`` is never replaced. Nothing is trusted beyond the file name: the runner uses
+    an imported record only for a cell whose key (a hash of its data, bundle, method and budget) equals the
+    record's, and only with the same step budget (:meth:`Workspace.finished_record`).
+    """
+    path = Path(report).expanduser()
+    try:
+        data = json.loads(path.read_text())
+        cells = data["cells"]
+        if not isinstance(cells, list):
+            raise TypeError
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(f"--import {report}: not an experiment report (a results.json with a 'cells' list)") from None
+    new = 0
+    for rec in cells:
+        if not isinstance(rec, dict) or rec.get("status") != "done":
+            continue
+        key = rec.get("key")
+        if not isinstance(key, str) or not _SAFE_KEY.match(key):  # a key names a file: no paths
+            raise ValueError(f"--import {report}: a cell record has an invalid key {key!r}")
+        target = root / CELLS_DIR / f"{key}.json"
+        if not target.exists():
+            atomic_write_json(target, rec)
+            new += 1
+    return new
+
+
 def run_experiment(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -> dict:
     """Run (or resume) an experiment; writes and returns its ``results.json`` content.
 
@@ -681,6 +721,8 @@ def run_experiment(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -
     exp = get_experiment(cfg.name)
     tasks, levels = resolve_grid(exp, cfg.preset)
     check_writable_dir(cfg.root, "--out")  # before any data is built or trained
+    for report in cfg.import_reports:
+        echo(f"imported {import_records(cfg.root, report)} new finished cell record(s) from {report}")
     ws = Workspace(cfg, echo)
     cells = exp.cells(cfg.preset, tasks, levels)
     folder = ws.root / exp.name

@@ -34,6 +34,8 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=4096)
     p.add_argument("--device", default="cpu")
     p.add_argument("--peak-gflops", type=float, default=None)
+    p.add_argument("--bf16", action="store_true", help="time training under bfloat16 autocast on CPU too")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: every core)")
     add_out_argument(p, "world_model_speed")
     args = p.parse_args()
 
@@ -44,7 +46,7 @@ def main() -> None:
 
     dev = torch.device(args.device)
     if dev.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
     peak = args.peak_gflops or (matmul_peak_gflops() if dev.type == "cpu" else None)
     task = get_task(args.task)
     cfg = WorldModelConfig.preset(args.preset)
@@ -53,6 +55,7 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     T, D = cfg.window, task.obs_dim + task.act_dim + 1
     train_rows = []
+    bf16 = args.bf16 or dev.type == "cuda"
     for bs in args.batch_sizes or [cfg.batch_size]:
         x0, rtg = torch.randn(bs, T, D, device=dev), torch.rand(bs, device=dev)
         with FlopCounterMode(display=False) as fc:
@@ -67,7 +70,7 @@ def main() -> None:
         t = time.perf_counter()
         for _ in range(args.steps):
             opt.zero_grad(set_to_none=True)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = model.loss(x0, rtg)
             loss.backward()
             opt.step()
@@ -108,7 +111,7 @@ def main() -> None:
                 "world_model_fraction_of_peak": (sample_flops / wm_s / 1e9 / peak) if peak else None}
     print(f"sampling {args.pairs} pairs x H={H}: world model {wm_s:.2f}s + IDM {idm_s:.2f}s -> "
           f"{sampling['transitions_per_s']:.0f} transitions/s", flush=True)
-    result = {"benchmark": "world_model_speed", "preset": args.preset, "task": task.name, "params": n_params,
+    result = {"benchmark": "world_model_speed", "preset": args.preset, "train_bf16": bf16, "task": task.name, "params": n_params,
               "device": str(dev), "peak_gflops": peak, "train": train_rows, "sampling": sampling,
               "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
               "machine": platform.processor() or platform.machine(),

@@ -215,6 +215,7 @@ def train_world_model_cmd(
         None, help="Evaluate on held-out windows every this many steps (OUT/quality_curve.json)."),
     task: Optional[str] = typer.Option(None, help=_TASK_HELP),
     threads: Optional[int] = typer.Option(None, help=_THREADS_HELP),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32", help="bfloat16 autocast (default: on CUDA only)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train (or resume) the diffusion world model; rerun the same command to resume after a kill."""
@@ -226,7 +227,7 @@ def train_world_model_cmd(
         path = train_world_model(WorldModelTrainConfig(
             dataset=dataset, out=out, preset=preset, steps=steps, batch_size=batch_size, device=device, seed=seed,
             checkpoint_every=checkpoint_every, eval_every=eval_every, task=task, threads=cli_threads(threads),
-            progress=progress))
+            progress=progress, bf16=bf16))
         if assemble_bundle(path) is not None:
             typer.echo(f"bundle ready: {path}")
     except _EXPECTED as err:
@@ -253,6 +254,7 @@ def train_idm_cmd(
     seed: int = typer.Option(0, help="Training seed."),
     task: Optional[str] = typer.Option(None, help=_TASK_HELP),
     threads: Optional[int] = typer.Option(None, help=_THREADS_HELP),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32", help="bfloat16 autocast (default: on CUDA only)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train (or resume) the inverse dynamics model; keeps the best validation checkpoint."""
@@ -265,7 +267,7 @@ def train_idm_cmd(
         sizes = _parse_sizes(hidden, "--hidden") if hidden else None
         path = train_idm(IDMTrainConfig(dataset=dataset, out=out, steps=steps, hidden=sizes, batch_size=batch_size,
                                         device=device, seed=seed, task=task, threads=cli_threads(threads),
-                                        progress=progress))
+                                        progress=progress, bf16=bf16))
         if assemble_bundle(path) is not None:
             typer.echo(f"bundle ready: {path}")
         if assemble_planner_bundle(path) is not None:

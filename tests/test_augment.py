@@ -96,7 +96,7 @@ def test_trust_keep_needs_a_synthetic_one_step_run():
         TrainAgentConfig(algo="td3bc", dataset="x", out="y", synthetic="z", trust_keep=1.5)
 
 
-def test_levers_enter_keys_only_when_set(tiny_bundle, hopper_random, tmp_path):
+def test_levers_enter_keys_only_when_set(tiny_bundle, hopper_random, tmp_path, monkeypatch):
     data = tmp_path / "hopper_random.npz"
     save_npz(hopper_random, data)
     cfg = ExperimentConfig(name="augment", preset=replace(SMOKE, tasks=("hopper",), levels=("random",)),
@@ -120,11 +120,18 @@ def test_levers_enter_keys_only_when_set(tiny_bundle, hopper_random, tmp_path):
         assert ws.generated_id(aug[m]) == paper_id
     bf16 = Workspace(replace(cfg, preset=replace(cfg.preset, agent_bf16=True)))
     assert bf16.cell_key(aug["TD3BC"]) != ws.cell_key(aug["TD3BC"])
+    # None: bf16 where the CPU runs it natively; the key says which precision was used
+    auto = replace(cfg, preset=replace(cfg.preset, agent_bf16=None))
+    for flags, expected in ((frozenset({"avx512f", "avx512_bf16"}), bf16), (frozenset({"amx_bf16"}), bf16),
+                            (frozenset({"avx512f"}), ws), (frozenset(), ws)):
+        monkeypatch.setattr("dawm_env.runtime.cpu_flags", lambda flags=flags: flags)
+        assert Workspace(auto).agent_bf16 is (expected is bf16)
+        assert Workspace(auto).cell_key(aug["TD3BC"]) == expected.cell_key(aug["TD3BC"])
 
 
 def test_screen_preset_is_the_documented_budget():
     assert (SCREEN.seeds, SCREEN.agent_steps, SCREEN.eval_every, SCREEN.fresh_episodes) == (3, 100_000, 10_000, 50)
-    assert SCREEN.agent_bf16 and SCREEN.generation_subsample == 8
+    assert SCREEN.agent_bf16 is None and SCREEN.generation_subsample == 8  # bf16 where native
 
 
 def test_augment_at_smoke_preset(tiny_bundle, hopper_random, tmp_path):
@@ -176,7 +183,7 @@ def test_confirm_preset_uses_seeds_the_screen_never_used():
     screen = set(range(SCREEN.first_seed, SCREEN.first_seed + SCREEN.seeds))
     confirm = set(range(CONFIRM.first_seed, CONFIRM.first_seed + CONFIRM.seeds))
     assert CONFIRM.seeds == 5 and not screen & confirm
-    assert (CONFIRM.agent_steps, CONFIRM.fresh_episodes, CONFIRM.agent_bf16) == (100_000, 50, True)
+    assert (CONFIRM.agent_steps, CONFIRM.fresh_episodes, CONFIRM.agent_bf16) == (100_000, 50, None)
     with pytest.raises(ValueError, match="first_seed must be >= 0"):
         replace(SMOKE, first_seed=-1)
 

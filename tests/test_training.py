@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from dawm_env.checkpoint import CheckpointError, load_tensors
 from dawm_env.cli import app
 from dawm_env.data.loading import save_npz
-from dawm_env.training.idm import IDMTrainConfig, train_idm
+from dawm_env.training.idm import CKPT_DIR as IDM_CKPT_DIR, IDMTrainConfig, train_idm
 from dawm_env.training.world_model import WorldModelTrainConfig, train_world_model
 from dawm_env.world_model.assemble import assemble_bundle
 from dawm_env.world_model.bundle import Bundle, resolve_bundle
@@ -212,9 +212,11 @@ def test_mismatched_components_are_refused(hopper_npz, halfcheetah_random, tmp_p
         assemble_bundle(out)
 
 
-def test_world_model_loss_falls_on_real_windows(hopper_npz, tmp_path):
+@pytest.mark.parametrize("bf16", [None, True])
+def test_world_model_loss_falls_on_real_windows(hopper_npz, tmp_path, bf16):
     out = tmp_path / "wm"
-    train_world_model(WorldModelTrainConfig(dataset=hopper_npz, out=str(out), steps=150, log_every=25, **TINY_WM))
+    train_world_model(WorldModelTrainConfig(dataset=hopper_npz, out=str(out), steps=150, log_every=25, bf16=bf16,
+                                            **TINY_WM))
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(out / "tensorboard" / "world_model"))
@@ -222,6 +224,29 @@ def test_world_model_loss_falls_on_real_windows(hopper_npz, tmp_path):
     losses = [e.value for e in acc.Scalars("world_model/loss")]
     assert len(losses) == 6
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_bf16_on_cpu_is_applied_recorded_and_resumes(hopper_npz, tmp_path):
+    runs = {}
+    for name, bf16 in (("fp32", None), ("bf16", True), ("bf16-resumed", True)):
+        out = tmp_path / name
+        if name == "bf16-resumed":  # "killed" after its checkpoint at step 2, then rerun
+            train_world_model(WorldModelTrainConfig(dataset=hopper_npz, out=str(out), steps=2, checkpoint_every=2,
+                                                    bf16=bf16, **TINY_WM))
+        train_world_model(WorldModelTrainConfig(dataset=hopper_npz, out=str(out), steps=4, checkpoint_every=2,
+                                                bf16=bf16, **TINY_WM))
+        train_idm(IDMTrainConfig(dataset=hopper_npz, out=str(out), steps=3, bf16=bf16, **TINY_IDM))
+        runs[name] = out
+    for stem, ckpt in (("world_model", "world_model_ckpt"), ("idm", IDM_CKPT_DIR)):
+        assert json.loads((runs["fp32"] / f"{stem}.json").read_text())["bf16"] is False  # default: CUDA only
+        assert json.loads((runs["bf16"] / f"{stem}.json").read_text())["bf16"] is True
+        # the trained (not the EMA / best-validation) weights of each run's last checkpoint
+        fp32, bf16, resumed = (_weights(runs[n] / ckpt, "model") for n in ("fp32", "bf16", "bf16-resumed"))
+        assert all(v.dtype == torch.float32 for v in bf16.values())  # autocast: the weights stay float32
+        assert any(not torch.equal(fp32[k], bf16[k]) for k in fp32), stem  # bf16 did change the arithmetic
+        if stem == "world_model":
+            assert all(torch.equal(bf16[k], resumed[k]) for k in bf16)
+    assert assemble_bundle(runs["bf16"]) is not None
 
 
 def _free_port() -> int:

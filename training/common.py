@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
+
 from dawm_env.tasks import get_task
 
 
@@ -37,6 +39,13 @@ class ModelRunConfig:
     """torch CPU threads (None: the process's setting; under torchrun the cores split across local processes)."""
     progress: bool = True
     """Show a progress bar."""
+    bf16: Optional[bool] = None
+    """bfloat16 autocast of the training forward passes: None = on CUDA only; True = on every device (fast on
+    CPUs with AVX512-BF16 / AMX); False = float32. Weights, optimiser state and checkpoints stay float32."""
+
+    def use_bf16(self, device: torch.device) -> bool:
+        """Whether this run trains under bfloat16 autocast on ``device``."""
+        return device.type == "cuda" if self.bf16 is None else bool(self.bf16)
 
     def __post_init__(self) -> None:
         # degenerate values would train nothing (or divide by zero) and still write a bundle component

@@ -72,6 +72,7 @@ def train_dd(cfg: DDTrainConfig) -> Path:
     source = plan_source(data, model_cfg.horizon, model_cfg.gamma, cfg.heldout_fraction, cfg.split_seed)
     arch = {k: v for k, v in model_cfg.to_dict().items() if k != "train_steps"}  # steps may grow on resume
     run_meta = {"kind": "decision-diffuser", "architecture": arch, "model_config": model_cfg.to_dict(),
+                "bf16": cfg.use_bf16(rt.device),
                 "task": data.task, "dataset": cfg.dataset, "dataset_fingerprint": data.fingerprint(),
                 "norm_stats": source.stats.to_dict(), "world_size": rt.world, "seed": cfg.seed,
                 "heldout_fraction": cfg.heldout_fraction, "split_seed": cfg.split_seed}

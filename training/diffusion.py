@@ -6,7 +6,7 @@ a :class:`DiffusionJob` carries. What the loop does for both:
 
 - progress bar, TensorBoard scalars (``OUT/tensorboard/<name>``), optional held-out evaluation every
   ``eval_every`` steps into a quality-vs-wall-clock curve (``OUT/<curve_file>``, evaluation time excluded);
-- Adam + EMA (the EMA weights are the final weights), bf16 autocast on CUDA;
+- Adam + EMA (the EMA weights are the final weights), bf16 autocast on CUDA (on CPU too with ``bf16=True``);
 - checkpoints (``OUT/<name>_ckpt/``: model, EMA, Adam state as safetensors + JSON, written atomically every
   ``checkpoint_every`` steps); rerunning resumes and continues exactly as the uninterrupted run would: the
   randomness of every step is keyed by ``(seed, rank, step)`` (:func:`dawm_env.runtime.step_rngs`);
@@ -155,7 +155,7 @@ def train_diffusion(cfg: ModelRunConfig, rt: DiffusionRuntime, job: DiffusionJob
 
     # --- loop -----------------------------------------------------------------------------------
     gen = torch.Generator(device=device)
-    use_bf16 = device.type == "cuda"
+    use_bf16 = cfg.use_bf16(device)
     steps, batch_size = job.train_steps, job.batch_size
     bar = tqdm(total=steps, initial=state.step, desc=job.label, unit="step", disable=not (progress and rank == 0))
     t_last, step_last, loss_sum, loss_n = time.perf_counter(), state.step, 0.0, 0

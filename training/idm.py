@@ -68,6 +68,7 @@ def train_idm(cfg: IDMTrainConfig) -> Path:
         val_idx = train_idx  # a single-episode dataset: validate on what we have (tiny tests)
     val_batch = [t.to(device) for t in idm_triples(data, stats, val_idx[:20_000])]
     run_meta = {"model_config": idm_cfg.to_dict(), "task": data.task, "dataset": cfg.dataset,
+                "bf16": cfg.use_bf16(device),
                 "dataset_fingerprint": data.fingerprint(), "norm_stats": stats.to_dict(), "seed": cfg.seed,
                 "heldout_fraction": cfg.heldout_fraction, "split_seed": cfg.split_seed}
     arch = ("task", "dataset_fingerprint", "seed", "split_seed")
@@ -95,7 +96,8 @@ def train_idm(cfg: IDMTrainConfig) -> Path:
         prev, cur, nxt, act = (t.to(device) for t in idm_triples(data, stats, idx))
         with torch.random.fork_rng(devices=[]):  # dropout masks from the step's generator seed
             torch.manual_seed(int(gen.initial_seed()) % (2**63))
-            loss = model.nll(prev, cur, nxt, act)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.use_bf16(device)):
+                loss = model.nll(prev, cur, nxt, act)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -78,6 +78,7 @@ def train_world_model(cfg: WorldModelTrainConfig) -> Path:
     source = WindowSource.build(data, model_cfg.horizon, model_cfg.gamma, cfg.heldout_fraction, cfg.split_seed)
     arch = {k: v for k, v in model_cfg.to_dict().items() if k != "train_steps"}  # steps may grow on resume
     run_meta = {"architecture": arch, "model_config": model_cfg.to_dict(), "task": data.task,
+                "bf16": cfg.use_bf16(rt.device),
                 "dataset": cfg.dataset, "dataset_fingerprint": data.fingerprint(),
                 "norm_stats": source.stats.to_dict(), "world_size": rt.world, "seed": cfg.seed,
                 "heldout_fraction": cfg.heldout_fraction, "split_seed": cfg.split_seed}

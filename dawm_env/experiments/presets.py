@@ -44,9 +44,11 @@ class ExperimentPreset:
     """Below 1: the low-data regime. Every cell's real data is a random ``data_fraction`` of the real dataset's
     transitions in whole episodes (:mod:`dawm_env.data.subset`, shuffle seed 0), and the world model and IDM are
     trained on that subset (never a bundle trained on the whole data)."""
-    agent_bf16: bool = False
-    """Train the agents' matmuls under bfloat16 autocast (TD3BCConfig / IQLConfig ``bf16``): faster on CPUs with
-    AVX512-BF16 / AMX; benchmarks/agent_noise.py measures that it agrees with float32 within the CI."""
+    agent_bf16: Optional[bool] = False
+    """Train the agents' matmuls under bfloat16 autocast (TD3BCConfig / IQLConfig ``bf16``); None = where the
+    device runs bf16 natively (:func:`dawm_env.runtime.native_bf16`: CPUs with AVX512-BF16 / AMX, bf16 GPUs), float32
+    elsewhere (emulated bf16 is several times slower). The precision used is part of every cell's key.
+    benchmarks/agent_noise.py measures that bf16 agrees with float32 within the CI."""
     horizon: int = 7
     """H of DAWM / DWM generation where the experiment does not vary it (the paper's 7)."""
     horizons: tuple[int, ...] = (1, 3, 7)
@@ -145,11 +147,11 @@ CPU = ExperimentPreset(
 )
 
 #: The lever screen of ``augment`` on 2 CPU cores (issue "DAWM data that pays off"): hopper-medium, 3 seeds x 100k
-#: steps in bf16, evaluation every 10k steps with 10 episodes and 50 fresh episodes per seed at the end, generation
+#: steps in bf16 where the CPU has it natively (float32 elsewhere), evaluation every 10k steps with 10 episodes and 50 fresh episodes per seed at the end, generation
 #: from a random 1/8 of the real pairs (875k transitions at H = 7). Two processes on one ``--out`` fill 2 cores.
 SCREEN = ExperimentPreset(
     name="screen", tasks=("hopper",), levels=("medium",), seeds=3, agent_steps=100_000, eval_every=10_000,
-    eval_episodes=10, fresh_episodes=50, agent_bf16=True, generation_subsample=8, generation_repeats=1,
+    eval_episodes=10, fresh_episodes=50, agent_bf16=None, generation_subsample=8, generation_repeats=1,
     dataset_steps=None, wm_preset="cpu", wm_steps=12_000, idm_steps=2000, consistency_windows=1024, threads=1,
 )
 

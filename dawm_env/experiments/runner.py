@@ -92,7 +92,7 @@ from dawm_env.planner.bundle import (
     planner_hash,
 )
 from dawm_env.planner.model import PlannerPolicy
-from dawm_env.runtime import machine_info, resolve_device, setup_torch
+from dawm_env.runtime import machine_info, native_bf16, resolve_device, setup_torch
 from dawm_env.tasks import LEVELS, get_task
 from dawm_env.training.dd import DDTrainConfig, train_dd
 from dawm_env.training.idm import IDMTrainConfig, train_idm
@@ -203,6 +203,8 @@ class Workspace:
     def __init__(self, cfg: ExperimentConfig, echo: Callable[[str], None] = print) -> None:
         self.cfg, self.p, self.echo = cfg, cfg.preset, echo
         self.root = cfg.root
+        #: the agents' precision: the preset's, or (None) bf16 where this device runs it natively
+        self.agent_bf16 = native_bf16(cfg.device) if cfg.preset.agent_bf16 is None else cfg.preset.agent_bf16
         self._bundle_hashes: dict[str, str] = {}
         self._file_hashes: dict[str, str] = {}
         self._checked_files: set[str] = set()
@@ -503,7 +505,7 @@ class Workspace:
             ident.update(**self.bundle_identity(cell.task, cell.level), ssorl_fraction=p.ssorl_fraction)
         # only when set: cells without levers (and fp32 agents) keep the keys they always had
         ident.update({k: v for k, v in cell.levers.items() if k != "rtg"})  # rtg is in the generated id
-        if p.agent_bf16:
+        if self.agent_bf16:
             ident["bf16"] = True
         if p.first_seed:
             ident["first_seed"] = p.first_seed
@@ -560,7 +562,7 @@ class Workspace:
             level=cell.level, task=cell.task, device=self.cfg.device, threads=p.threads, progress=self.cfg.progress)
         if cell.algo.startswith("ssorl-"):
             kwargs.update(bundle=str(bundle), ssorl_fraction=p.ssorl_fraction)
-        overrides = {"bf16": True} if p.agent_bf16 else {}
+        overrides = {"bf16": True} if self.agent_bf16 else {}
         if cell.alpha is not None:
             overrides["alpha"] = cell.alpha
         if cell.trust_signal:

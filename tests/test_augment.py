@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -212,8 +213,11 @@ def test_confirm_at_smoke_preset_trains_the_first_seed_onwards(tiny_bundle, hopp
     report = tmp_path / "kept_results.json"
     report.write_text((tmp_path / "exp" / "confirm" / "results.json").read_text())
     elsewhere = replace(cfg, out=str(tmp_path / "elsewhere"), import_reports=(str(report),), max_cells=0)
+    shutil.rmtree(tmp_path / "exp" / "runs")  # the runs stay on the machine that made them
     again = run_experiment(elsewhere, echo=lambda _: None)
     assert again["complete"] and [r["final"] for r in again["cells"]] == [r["final"] for r in res["cells"]]
+    assert all(r["curve"]["seeds"] == [7, 8] for r in again["cells"])  # the record carries its learning curve
+    assert (tmp_path / "elsewhere" / "confirm" / "curves-hopper-random.png").is_file()
     # with another budget the imported records do not count (the key matches, the steps do not)
     other = replace(elsewhere, preset=replace(cfg.preset, agent_steps=cfg.preset.agent_steps + 10))
     assert run_experiment(other, echo=lambda _: None)["counts"]["pending"] == len(recs)

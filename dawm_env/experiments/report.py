@@ -319,8 +319,9 @@ def _agent_plots(exp, results: dict, folder: Path) -> list[Optional[Path]]:
             if r["status"] == "done" and r["cell"]["task"] + "-" + r["cell"]["level"] == env:
                 try:
                     series[r["cell"]["method"]] = json.loads((Path(r["run_dir"]) / "curves.json").read_text())
-                except (OSError, json.JSONDecodeError):
-                    continue
+                except (OSError, json.JSONDecodeError):  # run folder elsewhere (an imported record): its own copy
+                    if r.get("curve"):
+                        series[r["cell"]["method"]] = r["curve"]
         plots.append(plot_learning_curves(series, folder / f"curves-{env}.png", f"{exp.name}: {env}"))
     if exp.name == "table6":  # the paper's question: does the horizon matter, for DAWM and DWM?
         hs = list(results["preset"]["horizons"])

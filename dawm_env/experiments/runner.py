@@ -574,7 +574,11 @@ class Workspace:
         # the protocol's last word: fresh episodes (a reset stream the learning curve never used) per seed
         fresh = (evaluate_run(run_dir, episodes=p.fresh_episodes, device=self.cfg.device)["normalized"]
                  if p.fresh_episodes else None)
+        curves = json.loads((run_dir / "curves.json").read_text())
+        # the evaluation curve travels with the record (a few kB), so a report imported elsewhere still plots it
+        curve = {k: curves[k] for k in ("steps", "seeds", "normalized")}
         return {"status": "done", "key": key, "cell": cell.to_dict(), "real_dataset": real, "generated_dataset": gen_id,
+                "curve": curve,
                 "bundle": str(bundle) if bundle else None, "run_dir": str(run_dir), "steps": res["steps"],
                 "seeds": res["seeds"], "eval_episodes": res["eval_episodes"], "final": res.get("final"),
                 "fresh": fresh, "fresh_episodes": p.fresh_episodes, "last": res["last"], "best": res["best"],

@@ -574,11 +574,9 @@ class Workspace:
         # the protocol's last word: fresh episodes (a reset stream the learning curve never used) per seed
         fresh = (evaluate_run(run_dir, episodes=p.fresh_episodes, device=self.cfg.device)["normalized"]
                  if p.fresh_episodes else None)
-        curves = json.loads((run_dir / "curves.json").read_text())
         # the evaluation curve travels with the record (a few kB), so a report imported elsewhere still plots it
-        curve = {k: curves[k] for k in ("steps", "seeds", "normalized")}
         return {"status": "done", "key": key, "cell": cell.to_dict(), "real_dataset": real, "generated_dataset": gen_id,
-                "curve": curve,
+                **_run_curve(str(run_dir)),
                 "bundle": str(bundle) if bundle else None, "run_dir": str(run_dir), "steps": res["steps"],
                 "seeds": res["seeds"], "eval_episodes": res["eval_episodes"], "final": res.get("final"),
                 "fresh": fresh, "fresh_episodes": p.fresh_episodes, "last": res["last"], "best": res["best"],
@@ -683,6 +681,15 @@ def resolve_grid(exp: Experiment, preset: ExperimentPreset) -> tuple[tuple[str, 
     return tasks, levels
 
 
+def _run_curve(run_dir: Optional[str]) -> dict:
+    """``{"curve": ...}``: the evaluation curve of an agent run folder, or ``{}`` where there is none."""
+    try:
+        curves = json.loads((Path(run_dir) / "curves.json").read_text())
+        return {"curve": {k: curves[k] for k in ("steps", "seeds", "normalized")}}
+    except (TypeError, OSError, json.JSONDecodeError, KeyError):
+        return {}
+
+
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -771,6 +778,8 @@ def run_experiment(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -
             if rec.get("held_by"):
                 cell = Cell(**rec["cell"])
                 records[i] = ws.finished_record(cell, ws.cell_key(cell)) or rec
+            if records[i]["status"] == "done" and "curve" not in records[i]:  # a record from before curves travelled
+                records[i] = {**records[i], **_run_curve(records[i].get("run_dir"))}
         results = {
             "experiment": exp.name, "title": exp.title, "note": exp.note, "preset": cfg.preset.to_dict(),
             "tasks": list(tasks), "levels": list(levels), "root": str(ws.root), "device": cfg.device,

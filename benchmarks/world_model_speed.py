@@ -111,7 +111,8 @@ def main() -> None:
                 "world_model_fraction_of_peak": (sample_flops / wm_s / 1e9 / peak) if peak else None}
     print(f"sampling {args.pairs} pairs x H={H}: world model {wm_s:.2f}s + IDM {idm_s:.2f}s -> "
           f"{sampling['transitions_per_s']:.0f} transitions/s", flush=True)
-    result = {"benchmark": "world_model_speed", "preset": args.preset, "train_bf16": bf16, "task": task.name, "params": n_params,
+    result = {"benchmark": "world_model_speed", "preset": args.preset, "train_bf16": bf16, "task": task.name,
+              "params": n_params,
               "device": str(dev), "peak_gflops": peak, "train": train_rows, "sampling": sampling,
               "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
               "machine": platform.processor() or platform.machine(),

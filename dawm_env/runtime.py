@@ -94,14 +94,18 @@ def step_rngs(seed: int, rank: int, step: int, gen: torch.Generator) -> np.rando
     return np.random.default_rng([seed, rank, step])
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags of ``/proc/cpuinfo`` (empty where it cannot be read, e.g. off Linux)."""
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first ``field`` line of ``/proc/cpuinfo``; None where it cannot be read (e.g. off Linux)."""
     try:
         with open("/proc/cpuinfo") as fh:
-            line = next((line for line in fh if line.startswith("flags")), "")
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith(field)), None)
     except OSError:
-        return frozenset()
-    return frozenset(line.partition(":")[2].split())
+        return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (empty where it cannot be read, e.g. off Linux)."""
+    return frozenset((_cpuinfo("flags") or "").split())
 
 
 def native_bf16(device: str | torch.device = "cpu") -> bool:
@@ -122,12 +126,7 @@ def machine_info(device: str = "cpu") -> dict:
     import os
     import platform
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = _cpuinfo("model name") or platform.processor() or platform.machine()
     info = {"cpu": cpu, "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "native_bf16": native_bf16(device),
             "device": str(device), "torch": torch.__version__, "platform": platform.platform()}

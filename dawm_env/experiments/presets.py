@@ -147,8 +147,9 @@ CPU = ExperimentPreset(
 )
 
 #: The lever screen of ``augment`` on 2 CPU cores (issue "DAWM data that pays off"): hopper-medium, 3 seeds x 100k
-#: steps in bf16 where the CPU has it natively (float32 elsewhere), evaluation every 10k steps with 10 episodes and 50 fresh episodes per seed at the end, generation
-#: from a random 1/8 of the real pairs (875k transitions at H = 7). Two processes on one ``--out`` fill 2 cores.
+#: steps in bf16 where the CPU has it natively (float32 elsewhere), evaluation every 10k steps with 10 episodes and
+#: 50 fresh episodes per seed at the end, generation from a random 1/8 of the real pairs (875k transitions at H = 7).
+#: Two processes on one ``--out`` fill 2 cores.
 SCREEN = ExperimentPreset(
     name="screen", tasks=("hopper",), levels=("medium",), seeds=3, agent_steps=100_000, eval_every=10_000,
     eval_episodes=10, fresh_episodes=50, agent_bf16=None, generation_subsample=8, generation_repeats=1,

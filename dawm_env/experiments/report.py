@@ -303,8 +303,6 @@ def write_experiment_report(exp, results: dict, folder: Path) -> list[str]:
 
 
 def _agent_plots(exp, results: dict, folder: Path) -> list[Optional[Path]]:
-    import json
-
     records = results["cells"]
     envs = _ordered(r["cell"]["task"] + "-" + r["cell"]["level"] for r in records)
     methods = _ordered(r["cell"]["method"] for r in records)
@@ -314,14 +312,9 @@ def _agent_plots(exp, results: dict, folder: Path) -> list[Optional[Path]]:
     plots = [plot_grouped_bars(envs, methods, means, stds, folder / "scores.png",
                                f"{exp.name}: last normalised score (mean ± std over seeds)", "normalised score")]
     for env in envs:
-        series = {}
-        for r in records:
-            if r["status"] == "done" and r["cell"]["task"] + "-" + r["cell"]["level"] == env:
-                try:
-                    series[r["cell"]["method"]] = json.loads((Path(r["run_dir"]) / "curves.json").read_text())
-                except (OSError, json.JSONDecodeError):  # run folder elsewhere (an imported record): its own copy
-                    if r.get("curve"):
-                        series[r["cell"]["method"]] = r["curve"]
+        # every finished agent record carries its evaluation curve (the runner backfills older ones)
+        series = {r["cell"]["method"]: r["curve"] for r in records
+                  if r["status"] == "done" and r.get("curve") and r["cell"]["task"] + "-" + r["cell"]["level"] == env}
         plots.append(plot_learning_curves(series, folder / f"curves-{env}.png", f"{exp.name}: {env}"))
     if exp.name == "table6":  # the paper's question: does the horizon matter, for DAWM and DWM?
         hs = list(results["preset"]["horizons"])

@@ -506,6 +506,9 @@ def experiment_cmd(
                    "(repeatable)."),
     bundle: Optional[list[str]] = typer.Option(None, help="TASK/LEVEL=BUNDLE: use this bundle (repeatable)."),
     max_cells: Optional[int] = typer.Option(None, help="Run at most this many unfinished cells, then stop."),
+    method: Optional[list[str]] = typer.Option(
+        None, help="Run only the cells of this method (its table label, e.g. 'mix 50% real'; repeatable); the "
+                   "others stay pending."),
     import_: Optional[list[str]] = typer.Option(
         None, "--import", help="A results.json (e.g. a copy in benchmarks/results/experiments): its finished cells "
                                "count here when their keys match (repeatable)."),
@@ -539,7 +542,7 @@ def experiment_cmd(
                                datasets=_parse_overrides(dataset, "dataset"),
                                bundles=_parse_overrides(bundle, "bundle"),
                                max_cells=max_cells, device=device, progress=progress,
-                               import_reports=tuple(import_ or ()))
+                               import_reports=tuple(import_ or ()), methods=tuple(method or ()))
         results = run_experiment(cfg, echo=typer.echo)
     except _EXPECTED as err:
         _fail(err)

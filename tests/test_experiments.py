@@ -287,3 +287,16 @@ def test_set_overrides_preset_fields_and_names_bad_ones(tmp_path):
                           "unknown DDConfig preset 'gpu'")
     assert_one_line_error(cli("experiment", "table5", "--preset", "smoke", "--out", out, "--set", "horizons=[0]"),
                           "horizons needs one or more values >= 1")
+
+
+def test_method_selection_runs_only_the_chosen_cells(overrides, tmp_path, count_train_calls):
+    root = tmp_path / "exp"
+    res = run_experiment(_cfg("table5", overrides, root, methods=("DAWM",)), echo=lambda _: None)
+    assert len(count_train_calls) == 1 and not res["complete"]
+    status = {r["cell"]["method"]: r["status"] for r in res["cells"]}
+    assert status["DAWM"] == "done" and [s for m, s in status.items() if m != "DAWM"] == ["pending"]
+    # the whole experiment afterwards runs only what is left; the selected cell stays finished
+    res = run_experiment(_cfg("table5", overrides, root), echo=lambda _: None)
+    assert res["complete"] and len(count_train_calls) == 2
+    with pytest.raises(ValueError, match="not a method of table5"):
+        _cfg("table5", overrides, root, methods=("DAWM-X",))

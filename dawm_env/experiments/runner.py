@@ -140,9 +140,18 @@ class ExperimentConfig:
     first (:func:`import_records`): results made on another machine, or kept in a repository, count as finished
     here when their keys match (same data, bundle, method and budget); a record whose key does not match is
     never used."""
+    methods: tuple[str, ...] = ()
+    """Run only the agent / timing cells whose method label is one of these (e.g. ``mix 50% real``); the other
+    unfinished cells are reported as pending. Empty = every cell. Finished cells are always reported."""
 
     def __post_init__(self) -> None:
-        get_experiment(self.name)
+        exp = get_experiment(self.name)
+        if self.methods:
+            known = sorted({c.method for c in exp.cells(self.preset, *resolve_grid(exp, self.preset)) if c.method})
+            unknown = [m for m in self.methods if m not in known]
+            if unknown:
+                raise ValueError(f"--method {unknown[0]!r}: not a method of {self.name}; choose from "
+                                 f"{', '.join(repr(m) for m in known)}")
         for what, mapping in (("dataset", self.datasets), ("bundle", self.bundles)):
             for key in mapping:
                 task, _, level = key.partition("/")
@@ -751,7 +760,7 @@ def run_experiment(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -
             if rec is not None:
                 records.append(rec)
                 continue
-            if cfg.max_cells is not None and ran >= cfg.max_cells:
+            if (cfg.max_cells is not None and ran >= cfg.max_cells) or (cfg.methods and cell.method not in cfg.methods):
                 records.append({"status": "pending", "key": key, "cell": cell.to_dict()})
                 continue
             bar.set_postfix_str(f"{cell.env} {cell.method or cell.data_level}")

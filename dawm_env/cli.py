@@ -177,6 +177,9 @@ def generate_cmd(
     repeats: int = typer.Option(1, help="Rollouts per seed pair, each with its own noise."),
     action_source: str = typer.Option(
         "idm", help="Actions of generated steps: idm (DAWM), random or repeat (the conditioning action; ablations)."),
+    action_noise: float = typer.Option(
+        0.0, help="Std of Gaussian noise added to each seed action before it conditions the world model (step 0 "
+                  "then holds the model's outcome of a nearby action, not the real transition); 0 = the real action."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     shard: Optional[str] = typer.Option(None, help="i/n: generate shard i of n (they combine into one dataset)."),
     seed: int = typer.Option(0, help="Generation seed."),
@@ -194,8 +197,8 @@ def generate_cmd(
         dataset_id = generate_dataset(GenerateConfig(
             bundle=bundle, seed_dataset=seed_dataset, out=out, horizon=horizon, rtg=rtg, guidance=guidance,
             subsample=subsample, repeats=repeats, device=device, shard=shard, seed=seed, batch_size=batch_size,
-            action_source=action_source, overwrite=overwrite, restart=restart, threads=cli_threads(threads),
-            progress=progress))
+            action_source=action_source, action_noise=action_noise, overwrite=overwrite, restart=restart,
+            threads=cli_threads(threads), progress=progress))
     except _EXPECTED as err:
         _fail(err)
     typer.echo(dataset_id)

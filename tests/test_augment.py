@@ -119,6 +119,11 @@ def test_levers_enter_keys_only_when_set(tiny_bundle, hopper_random, tmp_path, m
     assert ws.generated_id(aug["DAWM g=0.6"]) != paper_id and "-g0p6-" in ws.generated_id(aug["DAWM g=0.6"])
     for m in ("mix 50% real", "DAWM trust 50%", "DAWM alpha=10"):
         assert ws.generated_id(aug[m]) == paper_id
+    # action noise is a generation setting: new data, and only for the cells that set it
+    noisy = aug["mix 50% real, a_t noise 0.3"]
+    assert noisy.action_noise == 0.3 and "-an0p3-" in ws.generated_id(noisy) and ws.generated_id(noisy) != paper_id
+    assert "action_noise" not in ws.generation_settings(aug["DAWM (paper)"])
+    assert ws.generation_request(noisy, "real")["action_noise"] == 0.3
     bf16 = Workspace(replace(cfg, preset=replace(cfg.preset, agent_bf16=True)))
     assert bf16.cell_key(aug["TD3BC"]) != ws.cell_key(aug["TD3BC"])
     # None: bf16 where the CPU runs it natively; the key says which precision was used

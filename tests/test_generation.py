@@ -414,3 +414,31 @@ def test_generated_ablation_dataset_records_its_action_source(tiny_bundle, hoppe
     stats = generation_stats(out)
     assert stats.idm_std_count == 0 and stats.generator["action_source"] == "repeat"
     assert "repeat" in stats.format()
+
+
+def test_action_noise_perturbs_the_seed_action_exactly(tiny_bundle, hopper_random, seed_id):
+    bundle = Bundle.load(tiny_bundle)
+    idx = np.arange(0, 120, 3)
+    s, a = hopper_random.observations[idx], hopper_random.actions[idx]
+    noisy_gen = RolloutGenerator(bundle, RolloutConfig(horizon=4, batch_size=64, action_noise=0.3))
+    noisy = noisy_gen.generate(s, a, noisy_gen.new_generator(5))
+    # by hand: the noise is the run's first torch draw, then the rollout is the noiseless one from those actions
+    plain = RolloutGenerator(bundle, RolloutConfig(horizon=4, batch_size=64))
+    torch_gen = plain.new_generator(5)
+    eps = torch.randn(len(idx), a.shape[1], generator=torch_gen).numpy()
+    expected_a0 = np.clip(a + np.float32(0.3) * eps, -1.0, 1.0).astype(np.float32)
+    by_hand = plain.generate(s, expected_a0, torch_gen)
+    np.testing.assert_allclose(noisy.actions[:, 0], expected_a0, rtol=0, atol=1e-7)
+    for field in ("states", "actions", "rewards", "idm_std", "lengths"):
+        np.testing.assert_array_equal(getattr(noisy, field), getattr(by_hand, field))
+    assert not np.allclose(noisy.actions[:, 0], a) and np.all(np.abs(noisy.actions[:, 0]) <= 1.0)
+    # zero noise leaves the random stream and the provenance as they were
+    assert "action_noise" not in plain.config.to_dict() and noisy_gen.config.to_dict()["action_noise"] == 0.3
+    np.testing.assert_array_equal(plain.generate(s, a, plain.new_generator(5)).actions[:, 0], a)
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="--action-noise must be a finite number >= 0"):
+            RolloutConfig(action_noise=bad)
+    out = generate_dataset(_cfg(tiny_bundle, seed_id, "dawm-gen/hopper/noisy-v0", horizon=3, subsample=30,
+                                action_noise=0.3))
+    prov = read_provenance(out)
+    assert prov["rollout"]["action_noise"] == 0.3 and prov["generator_config"]["action_noise"] == 0.3

@@ -68,6 +68,9 @@ class Method:
     """TD3+BC's alpha (the Q term's weight against behaviour cloning); None = CORL's 2.5."""
     bc_real_only: bool = False
     """Generated TD3+BC methods: clone only each rollout's real first action, not the IDM-inferred ones."""
+    action_noise: float = 0.0
+    """Generated methods: std of the noise added to each seed action before generation (``dawm generate
+    --action-noise``); 0 = the real action."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ class Cell:
     """TD3+BC's alpha (None = CORL's default)."""
     bc_real_only: bool = False
     """Generated cells: TD3+BC clones only the real first actions."""
+    action_noise: float = 0.0
+    """Generated cells: std of the noise on the seed actions (a generation setting, in the generated id)."""
 
     @property
     def levers(self) -> dict:
@@ -163,7 +168,8 @@ class Experiment:
                         real_fraction=m.real_fraction if m.generated else None, rtg=m.rtg if m.generated else None,
                         trust_keep=m.trust_keep if m.generated else None,
                         trust_signal=m.trust_signal if m.generated and m.trust_keep is not None else None, alpha=m.alpha,
-                        bc_real_only=m.bc_real_only and m.generated))
+                        bc_real_only=m.bc_real_only and m.generated,
+                        action_noise=m.action_noise if m.generated else 0.0))
         return out
 
 
@@ -209,7 +215,14 @@ def _augment(p: ExperimentPreset) -> list[Method]:
             Method("DAWM random 50%", "td3bc", True, trust_keep=0.5, trust_signal="random"),
             Method("mix 50% real", "td3bc", True, real_fraction=0.5), Method("DAWM_1", "td3bc", True, horizon=1),
             Method("DAWM_3", "td3bc", True, horizon=3), Method("DAWM g=0.6", "td3bc", True, rtg=0.6),
-            Method("DWM-TD3BC", "dwm-td3bc", True)]
+            Method("DWM-TD3BC", "dwm-td3bc", True), _NOISY_MIX]
+
+
+#: Every batch half real; the generated half rolled out from the seed pairs with their actions perturbed by
+#: N(0, 0.3^2): each rollout's first transition is the model's outcome of an action near the data's, which the
+#: real data never shows the critic (the world model follows such actions at one step: response correlation 0.99,
+#: benchmarks/action_response.py), and TD3+BC's policy moves along the critic's action gradient.
+_NOISY_MIX = Method("mix 50% real, a_t noise 0.3", "td3bc", True, real_fraction=0.5, action_noise=0.3)
 
 
 def _confirm(p: ExperimentPreset) -> list[Method]:
@@ -221,7 +234,7 @@ def _confirm(p: ExperimentPreset) -> list[Method]:
     # (benchmarks/rtg_response.py)
     return [Method("TD3BC", "td3bc"), Method("DAWM trust 50%", "td3bc", True, trust_keep=0.5),
             Method("DAWM random 50%", "td3bc", True, trust_keep=0.5, trust_signal="random"),
-            Method("mix 50% real", "td3bc", True, real_fraction=0.5),
+            Method("mix 50% real", "td3bc", True, real_fraction=0.5), _NOISY_MIX,
             Method("DAWM (paper)", "td3bc", True), Method("DWM-TD3BC", "dwm-td3bc", True), Method("IQL", "iql"),
             Method("DAWM-IQL trust 50%", "iql", True, trust_keep=0.5)]
 

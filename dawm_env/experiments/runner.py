@@ -190,6 +190,7 @@ def _data_tag(cell: Cell) -> str:
     ``h7-g0p6`` (generation target 0.6; Minari ids allow no dots)."""
     tag = f"h{cell.horizon}" + (f"-sub{cell.subsample}" if cell.subsample > 1 else "")
     tag += f"-{_slug(cell.action_source)}" if cell.action_source != "idm" else ""
+    tag += f"-an{cell.action_noise:g}".replace(".", "p") if cell.action_noise else ""
     return tag + (f"-g{cell.rtg:g}".replace(".", "p") if cell.rtg is not None else "")
 
 
@@ -442,7 +443,8 @@ class Workspace:
                 "horizon": cell.horizon, "subsample": cell.subsample, "repeats": p.generation_repeats,
                 "rtg": self.generation_rtg(cell),
                 "batch_size": p.generation_batch_size, "chunk_size": p.generation_chunk_size, "seed": 0,
-                "action_source": cell.action_source, "device_type": self.cfg.device.split(":")[0]}
+                "action_source": cell.action_source, "device_type": self.cfg.device.split(":")[0],
+                **({"action_noise": cell.action_noise} if cell.action_noise else {})}  # old ids stay
 
     def generated_id(self, cell: Cell) -> str:
         """The Minari id of a generated cell's data (deterministic; see the module docstring)."""
@@ -482,7 +484,7 @@ class Workspace:
                 "subsample": cell.subsample, "repeats": p.generation_repeats, "seed": 0,
                 "batch_size": p.generation_batch_size, "chunk_size": p.generation_chunk_size,
                 "sampling_steps": None, "temperature": None, "stochastic_idm": False,
-                "action_source": cell.action_source}
+                "action_source": cell.action_source, "action_noise": cell.action_noise}
 
     def generation_rtg(self, cell: Cell) -> Optional[float]:
         """The generation target of a cell: its own ``rtg`` lever, else the preset's (None = the task default)."""
@@ -674,7 +676,7 @@ def find_equivalent_generated(request: dict, bundle_sha: str) -> Optional[str]:
             continue
         if record.get("kind") != GENERATED_KIND or record.get("bundle", {}).get("hash") != bundle_sha:
             continue
-        made = {"action_source": "idm", **record.get("generator_config", {})}  # older records lack the field
+        made = {"action_source": "idm", "action_noise": 0.0, **record.get("generator_config", {})}  # older records lack them
         if all(made.get(k) == v for k, v in request.items()):
             return dataset_id
     return None

@@ -77,6 +77,11 @@ class RolloutConfig:
             or, for the IDM ablation, ``"random"`` (uniform in ``[-1, 1]^act_dim`` from the run's torch RNG)
             or ``"repeat"`` (the conditioning ``a_t`` at every step). Without the IDM the stored ``idm_std``
             is 0.
+        action_noise: std ``sigma`` of Gaussian noise added to the seed action before it conditions the world
+            model, clipped to ``[-1, 1]``: step 0 then stores ``(s_t, clip(a_t + sigma * eps), r_hat, s_hat')``,
+            the model's outcome of an action near the data's, not the real transition (0 = the real ``a_t``).
+            The world model follows such actions closely at one step (``benchmarks/action_response.py``), so
+            these transitions show the critic what deviating from the behaviour action does.
     """
 
     horizon: int = 7
@@ -87,8 +92,13 @@ class RolloutConfig:
     stochastic_idm: bool = False
     batch_size: int = 4096
     action_source: str = "idm"
+    action_noise: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.action_noise, numbers.Real) and math.isfinite(self.action_noise)
+                and self.action_noise >= 0):
+            raise ValueError(f"--action-noise must be a finite number >= 0 (the std of the noise added to the seed "
+                             f"action, e.g. 0.3; 0 = the real action), got {self.action_noise!r}")
         if self.action_source not in ACTION_SOURCES:
             raise ValueError(f"unknown action_source {self.action_source!r}; choose one of {', '.join(ACTION_SOURCES)}")
         if self.horizon < 1:
@@ -132,7 +142,9 @@ class RolloutConfig:
         return {"horizon": self.horizon, "rtg": self.rtg, "guidance": self.guidance,
                 "sampling_steps": self.sampling_steps, "temperature": self.temperature,
                 "stochastic_idm": self.stochastic_idm, "batch_size": self.batch_size,
-                "action_source": self.action_source}
+                "action_source": self.action_source,
+                # only when set: the provenance of data generated without it stays as it was
+                **({"action_noise": self.action_noise} if self.action_noise else {})}
 
 
 @dataclass(frozen=True)
@@ -350,6 +362,9 @@ class RolloutGenerator:
         cfg, task, dev = self.config, self.task, self.device
         H, o, a = cfg.horizon, task.obs_dim, task.act_dim
         b = len(states)
+        if cfg.action_noise:  # drawn before the model's noise: data without it keeps its exact random stream
+            eps = torch.randn(b, a, device=dev, generator=generator).cpu().numpy()
+            actions = np.clip(actions + np.float32(cfg.action_noise) * eps, -1.0, 1.0).astype(np.float32)
         window = self.bundle.sample_window(states, actions, cfg.rtg, H + 1, generator, guidance=cfg.guidance,
                                            sampling_steps=cfg.sampling_steps, temperature=cfg.temperature)
         s_norm = window.states_norm  # (B, H+1, obs): normalised s_t .. s_{t+H}; row 0 in-painted exactly

@@ -122,6 +122,9 @@ class GenerateConfig:
         action_source: actions of steps ``h >= 1``: ``"idm"`` (DAWM, default), or the IDM ablations
             ``"random"`` (uniform in ``[-1, 1]``) and ``"repeat"`` (the seed action ``a_t`` repeated); step 0
             always keeps the real ``a_t`` (``--action-source``).
+        action_noise: std of Gaussian noise added to the seed action ``a_t`` before it conditions the world
+            model (clipped to ``[-1, 1]``); step 0 then holds the model's outcome of that action, not the real
+            transition (``--action-noise``; 0 = the real ``a_t``).
         overwrite: replace an existing dataset with this id.
         restart: discard a resumable partial run of this configuration and start over.
         progress: show progress bars and messages.
@@ -149,6 +152,7 @@ class GenerateConfig:
     temperature: Optional[float] = None
     stochastic_idm: bool = False
     action_source: str = "idm"
+    action_noise: float = 0.0
     overwrite: bool = False
     restart: bool = False
     progress: bool = True
@@ -177,7 +181,7 @@ class GenerateConfig:
         return RolloutConfig(horizon=self.horizon, rtg=self.rtg, guidance=self.guidance,
                              sampling_steps=self.sampling_steps, temperature=self.temperature,
                              stochastic_idm=self.stochastic_idm, batch_size=self.batch_size,
-                             action_source=self.action_source)
+                             action_source=self.action_source, action_noise=self.action_noise)
 
 
 @dataclass(frozen=True)
@@ -571,6 +575,8 @@ class _Run:
                            f"{self.cfg.seed_dataset} (1/{self.cfg.subsample}); bundle {self.bundle.path.name}")
             if rc.action_source != "idm":
                 description += f"; actions of steps h >= 1: {rc.action_source} (IDM ablation)"
+            if rc.action_noise:
+                description += f"; step-0 actions = seed action + N(0, {rc.action_noise:g}^2), clipped (not real)"
             with MinariStreamWriter(self.cfg.out, self.task, algorithm_name="DAWM", description=description,
                                     provenance=provenance, overwrite=self.cfg.overwrite) as writer:
                 for c in tqdm(range(self.plan.num_chunks), desc="merge chunks", unit="chunk",

@@ -96,3 +96,7 @@ def test_lowdata_at_smoke_preset_trains_its_bundle_on_the_fraction(hopper_random
     for rec in res["cells"]:
         run = json.loads((Path(rec["run_dir"]) / "config.json").read_text())
         assert run["data"]["dataset"] == ws.real_source("hopper", "random")
+    noisy = [r for r in res["cells"] if r["cell"]["action_noise"]]
+    assert len(noisy) == 1 and noisy[0]["generated_dataset"] != next(
+        r["generated_dataset"] for r in res["cells"] if r["cell"]["method"] == "mix 50% real")
+    assert read_provenance(noisy[0]["generated_dataset"])["rollout"]["action_noise"] == 0.3

@@ -66,6 +66,25 @@ def groundtruth_rows(data: Any, bundle_meta: dict, task: Any, n: int, rng: Any) 
     return np.sort(rng.choice(np.flatnonzero(usable), size=min(n, int(usable.sum())), replace=False))
 
 
+def load_groundtruth(bundle_name: str, dataset: str, states: int, seed: int) -> tuple[Any, Any, Any, Any, Any]:
+    """What the MuJoCo-ground-truth benchmarks start from: ``(bundle, data, rows, rng, obs_std)``.
+
+    ``rows`` are :func:`groundtruth_rows` of ``dataset`` (at most ``states``), drawn with ``rng``
+    (``default_rng(seed)``, returned for the benchmark's further draws); ``obs_std`` is the bundle's float64
+    observation std (errors are reported on states normalised by it).
+    """
+    import numpy as np
+
+    from dawm_env.data.loading import load_dataset
+    from dawm_env.world_model.bundle import Bundle
+
+    bundle = Bundle.load(bundle_name)
+    data = load_dataset(dataset, task=bundle.task.name)
+    rng = np.random.default_rng(seed)
+    rows = groundtruth_rows(data, bundle.meta, bundle.task, states, rng)
+    return bundle, data, rows, rng, np.asarray(bundle.stats.obs_std, dtype=np.float64)
+
+
 def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
     """fp32 GFLOP/s of an n x n matmul on this machine (best of ``reps``): the peak FLOP rates are quoted against."""
     a, b = torch.randn(n, n), torch.randn(n, n)

@@ -16,11 +16,9 @@ import argparse
 
 import numpy as np
 import torch
-from _common import add_out_argument, groundtruth_rows, save_results
+from _common import add_out_argument, load_groundtruth, save_results
 
-from dawm_env.data.loading import load_dataset
 from dawm_env.data.rollout import real_step_from
-from dawm_env.world_model.bundle import Bundle
 from dawm_env.world_model.uncertainty import dream_transition
 
 
@@ -36,13 +34,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    bundle = Bundle.load(args.bundle)
+    bundle, data, idx, rng, std = load_groundtruth(args.bundle, args.dataset, args.states, args.seed)
     task = bundle.task
-    data = load_dataset(args.dataset, task=task.name)
-    rng = np.random.default_rng(args.seed)
-    idx = groundtruth_rows(data, bundle.meta, task, args.states, rng)
     s, a = data.observations[idx], data.actions[idx]
-    std = np.asarray(bundle.stats.obs_std, dtype=np.float64)
     rtg = float(max(task.gen_rtg_range))
 
     def dream(actions: np.ndarray):  # the same sampling noise for every action set

@@ -24,7 +24,7 @@ import platform
 from datetime import datetime, timezone
 
 import numpy as np
-from _common import add_out_argument, groundtruth_rows, save_results  # benchmarks/ is on sys.path
+from _common import add_out_argument, load_groundtruth, save_results  # benchmarks/ is on sys.path
 
 KINDS = ("data", "noisy", "uniform", "saturated")
 
@@ -68,20 +68,14 @@ def main() -> None:
 
     import torch
 
-    from dawm_env.data.loading import load_dataset
     from dawm_env.data.rollout import real_step_from
-    from dawm_env.world_model.bundle import Bundle
     from dawm_env.world_model.calibration import SIGNALS
     from dawm_env.world_model.uncertainty import dream_transition, spearman
 
     torch.set_num_threads(args.threads)
-    bundle = Bundle.load(args.bundle)
+    bundle, data, idx, rng, std = load_groundtruth(args.bundle, args.dataset, args.states, args.seed)
     task = bundle.task
-    data = load_dataset(args.dataset, task=task.name)
-    rng = np.random.default_rng(args.seed)
-    idx = groundtruth_rows(data, bundle.meta, task, args.states, rng)
     s, prev, a_data = data.observations[idx], data.observations[idx - 1], data.actions[idx]
-    std = np.asarray(bundle.stats.obs_std, dtype=np.float64)
     rtg = float(max(task.gen_rtg_range))
     gen = torch.Generator().manual_seed(args.seed)
 

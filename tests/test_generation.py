@@ -442,3 +442,5 @@ def test_action_noise_perturbs_the_seed_action_exactly(tiny_bundle, hopper_rando
                                 action_noise=0.3))
     prov = read_provenance(out)
     assert prov["rollout"]["action_noise"] == 0.3 and prov["generator_config"]["action_noise"] == 0.3
+    stats = generation_stats(out)
+    assert stats.generator["action_noise"] == 0.3 and "step-0 actions + N(0, 0.3^2)" in stats.format()

@@ -73,7 +73,7 @@ from dawm_env.agents.sources import (
 from dawm_env.agents.td3bc import TD3BC, TD3BCConfig
 from dawm_env.checkpoint import CheckpointError, TrainState, check_resumable, readable_checkpoint, recover_checkpoint
 from dawm_env.data.loading import load_dataset
-from dawm_env.data.minari_io import dataset_exists
+from dawm_env.data.minari_io import dataset_exists, read_provenance
 from dawm_env.data.records import OfflineDataset
 from dawm_env.generation.rollouts import RolloutConfig, RolloutGenerator, check_rtg
 from dawm_env.generation.stats import is_generated_dataset, transition_idm_std
@@ -325,6 +325,11 @@ def build_source(cfg: TrainAgentConfig, real: OfflineDataset, device: torch.devi
         if expansion is not None and not _is_generated(cfg.synthetic):
             raise ValueError(f"{cfg.algo} needs a dataset written by dawm generate (one episode per rollout, "
                              f"starting at a real (s_t, a_t)); {cfg.synthetic} is not one")
+        uses_real_first_step = expansion is not None or cfg.trust_keep is not None or cfg.bc_real_actions_only
+        if uses_real_first_step and _is_generated(cfg.synthetic) and _action_noise(cfg.synthetic):
+            raise ValueError(f"{cfg.synthetic} was generated with --action-noise: its rollouts' first steps are not "
+                             f"real transitions, which {'dwm-*' if expansion is not None else 'trust_keep / bc_real_actions_only'} "
+                             "relies on; generate it without --action-noise")
         if (syn.obs_dim, syn.act_dim) != (real.obs_dim, real.act_dim):
             raise ValueError(f"{cfg.synthetic}: obs/act dims {syn.obs_dim}/{syn.act_dim} do not match "
                              f"{cfg.dataset}'s {real.obs_dim}/{real.act_dim}")
@@ -374,6 +379,11 @@ def _is_generated(dataset: str) -> bool:
         return dataset_exists(dataset) and is_generated_dataset(dataset)
     except (ValueError, FileNotFoundError, OSError):
         return False
+
+
+def _action_noise(dataset: str) -> float:
+    """The ``--action-noise`` a dataset written by ``dawm generate`` was made with (0: its first steps are real)."""
+    return float(read_provenance(dataset).get("rollout", {}).get("action_noise", 0.0))
 
 
 def build_online_source(cfg: TrainAgentConfig, real: OfflineDataset, device: torch.device,

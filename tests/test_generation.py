@@ -444,3 +444,15 @@ def test_action_noise_perturbs_the_seed_action_exactly(tiny_bundle, hopper_rando
     assert prov["rollout"]["action_noise"] == 0.3 and prov["generator_config"]["action_noise"] == 0.3
     stats = generation_stats(out)
     assert stats.generator["action_noise"] == 0.3 and "step-0 actions + N(0, 0.3^2)" in stats.format()
+
+
+def test_levers_that_trust_the_real_first_step_refuse_action_noise_data(tiny_bundle, seed_id, tmp_path):
+    from dawm_env.agents.train import TrainAgentConfig, train_agent
+
+    out = generate_dataset(_cfg(tiny_bundle, seed_id, "dawm-gen/hopper/noisy-v0", horizon=3, subsample=30,
+                                action_noise=0.3))
+    for kw in ({"trust_keep": 0.5}, {"bc_real_actions_only": True}, {"algo": "dwm-td3bc"}):
+        cfg = TrainAgentConfig(**{"algo": "td3bc", **kw}, dataset=SEED_ID, synthetic=out, out=str(tmp_path / "run"),
+                               steps=2, seeds=1, batch_size=8, eval_every=2, eval_episodes=1, progress=False)
+        with pytest.raises(ValueError, match="generated with --action-noise: its rollouts' first steps are not real"):
+            train_agent(cfg)

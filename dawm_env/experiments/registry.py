@@ -204,6 +204,13 @@ def _ablation_idm(p: ExperimentPreset) -> list[Method]:
             Method("repeated a_t", "td3bc", True, action_source="repeat")]
 
 
+#: Every batch half real; the generated half rolled out from the seed pairs with their actions perturbed by
+#: N(0, 0.3^2): each rollout's first transition is the model's outcome of an action near the data's, which the
+#: real data never shows the critic (the world model follows such actions at one step: response correlation 0.99,
+#: benchmarks/action_response.py), and TD3+BC's policy moves along the critic's action gradient.
+_NOISY_MIX = Method("mix 50% real, a_t noise 0.3", "td3bc", True, real_fraction=0.5, action_noise=0.3)
+
+
 def _augment(p: ExperimentPreset) -> list[Method]:
     # the levers of "DAWM data that pays off", most telling first (a time-boxed run finishes those): TD3+BC on this
     # data clones the behaviour policy's mean action (benchmarks/end_point.py), so the BC weight and a target g
@@ -216,13 +223,6 @@ def _augment(p: ExperimentPreset) -> list[Method]:
             Method("mix 50% real", "td3bc", True, real_fraction=0.5), Method("DAWM_1", "td3bc", True, horizon=1),
             Method("DAWM_3", "td3bc", True, horizon=3), Method("DAWM g=0.6", "td3bc", True, rtg=0.6),
             Method("DWM-TD3BC", "dwm-td3bc", True), _NOISY_MIX]
-
-
-#: Every batch half real; the generated half rolled out from the seed pairs with their actions perturbed by
-#: N(0, 0.3^2): each rollout's first transition is the model's outcome of an action near the data's, which the
-#: real data never shows the critic (the world model follows such actions at one step: response correlation 0.99,
-#: benchmarks/action_response.py), and TD3+BC's policy moves along the critic's action gradient.
-_NOISY_MIX = Method("mix 50% real, a_t noise 0.3", "td3bc", True, real_fraction=0.5, action_noise=0.3)
 
 
 def _confirm(p: ExperimentPreset) -> list[Method]:

@@ -784,9 +784,10 @@ def run_experiment(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -
                 records.append({"status": "pending", "key": key, "cell": cell.to_dict(), "held_by": held.holders})
     finally:
         bar.close()
-        # cells other processes held may have finished since: the report shows what is on disk now
+        # pending cells (held by other processes, or not selected / beyond max_cells here) may have been finished
+        # by another process since: the report shows what is on disk now
         for i, rec in enumerate(records):
-            if rec.get("held_by"):
+            if rec["status"] == "pending":
                 cell = Cell(**rec["cell"])
                 records[i] = ws.finished_record(cell, ws.cell_key(cell)) or rec
             if records[i]["status"] == "done" and "curve" not in records[i]:  # a record from before curves travelled

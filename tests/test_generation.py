@@ -24,6 +24,7 @@ from dawm_env.generation import (
     select_seed_pairs,
     writer as gen_writer,
 )
+from dawm_env.generation.stats import transition_infos
 from dawm_env.generation.writer import ShardSpec, bundle_hash
 from dawm_env.paths import minari_root
 from dawm_env.tasks import get_task
@@ -139,6 +140,17 @@ def test_generate_end_to_end(tiny_bundle, hopper_random, seed_id):
     json.dumps(stats.to_dict())
     small = generation_stats(out, seed=hopper_random, max_episodes=100)
     assert small.episodes_analysed == 100
+
+    # per-transition infos in load_dataset's order: every rollout starts from the real pair its seed_index names
+    infos = transition_infos(out, ("seed_index", "idm_std"))
+    assert infos["seed_index"].shape == (data.num_transitions,) and infos["idm_std"].shape == (data.num_transitions, 3)
+    starts = data.episode_offsets[:-1]
+    idx = infos["seed_index"].astype(np.int64)
+    np.testing.assert_array_equal(data.observations[starts], hopper_random.observations[idx[starts]])
+    np.testing.assert_array_equal(data.actions[starts], hopper_random.actions[idx[starts]])
+    assert (np.repeat(idx[starts], data.episode_lengths) == idx).all()  # one seed pair per rollout
+    with pytest.raises(ValueError, match="not written by dawm generate"):
+        transition_infos(seed_id, ("seed_index",))
 
 
 @pytest.mark.parametrize("horizon,subsample,repeats", [(1, 8, 1), (3, 3, 2)])

@@ -17,6 +17,7 @@ namespace keeps self-built data apart from Minari's remote ``mujoco/*`` datasets
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -155,9 +156,6 @@ def collect_level(cfg: BuildConfig, progress: bool = True) -> tuple[OfflineDatas
                   for lvl in LEVEL_PARTS["medium-expert"]]
         data = OfflineDataset.concatenate(halves)
     else:  # medium-replay
-        import json
-
-
         run_dir = _behavior_run(task, cfg, progress)
         data = load_npz(run_dir / "replay.npz", task=task.name)
         info["behavior_run"] = json.loads((run_dir / "run.json").read_text())

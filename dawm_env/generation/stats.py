@@ -223,6 +223,29 @@ def is_generated_dataset(dataset_id: str) -> bool:
     return read_provenance(dataset_id).get("kind") == GENERATED_KIND
 
 
+def transition_infos(dataset_id: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Per-transition infos ``keys`` of a ``dawm generate`` dataset, in the order
+    :func:`~dawm_env.data.loading.load_dataset` returns its transitions: ``{key: (N, ...)}``.
+
+    Generated episodes store ``T + 1`` info rows (the last repeats the final step); row ``h`` belongs to
+    transition ``h``, so each episode's last row is dropped.
+
+    Raises:
+        ValueError: ``dataset_id`` was not written by ``dawm generate``, or an episode lacks one of ``keys``.
+    """
+    if not is_generated_dataset(dataset_id):
+        raise ValueError(f"{dataset_id} was not written by dawm generate: it has no per-step generation infos")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    for ep in iter_episodes_fast(dataset_id, with_infos=True):
+        n = len(ep["rewards"])
+        infos = ep.get("infos") or {}
+        for k in keys:
+            if k not in infos:
+                raise ValueError(f"{dataset_id} episode {ep['id']} has no {k} info; regenerate it with dawm generate")
+            parts[k].append(np.asarray(infos[k])[:n])
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+
+
 def transition_idm_std(dataset_id: str) -> np.ndarray:
     """Per-transition IDM std of a ``dawm generate`` dataset, in the order :func:`~dawm_env.data.loading.load_dataset`
     returns its transitions: ``(N,)`` float32, the mean over action dimensions of the IDM's pre-tanh std (0 for
@@ -231,14 +254,5 @@ def transition_idm_std(dataset_id: str) -> np.ndarray:
     Raises:
         ValueError: ``dataset_id`` was not written by ``dawm generate`` (no ``idm_std`` per step).
     """
-    if not is_generated_dataset(dataset_id):
-        raise ValueError(f"{dataset_id} was not written by dawm generate: it has no per-step IDM std to filter by")
-    parts = []
-    for ep in iter_episodes_fast(dataset_id, with_infos=True):
-        n = len(ep["rewards"])
-        infos = ep.get("infos") or {}
-        if "idm_std" not in infos:
-            raise ValueError(f"{dataset_id} episode {ep['id']} has no idm_std info; regenerate it with dawm generate")
-        # T + 1 info rows (the last repeats the final step): row h is transition h
-        parts.append(np.asarray(infos["idm_std"], dtype=np.float32)[:n].reshape(n, -1).mean(-1))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    std = transition_infos(dataset_id, ("idm_std",))["idm_std"].astype(np.float32)
+    return std.reshape(len(std), -1).mean(-1) if len(std) else np.zeros(0, dtype=np.float32)

@@ -180,6 +180,8 @@ def test_augment_at_smoke_preset(tiny_bundle, hopper_random, tmp_path):
     assert control == {"keep": 0.5, "kept_transitions": len(starts) + round(0.5 * inferred), "signal": "random"}
 
     assert run_config("DAWM BC on real a_t")["data"]["bc_real_actions_only"]["cloned_transitions"] == len(starts)
+    mixed_bc = run_config("mix 50% real, BC on real a")["data"]  # the real half cloned, of the generated only a_t
+    assert mixed_bc["real_fraction"] == 0.5 and mixed_bc["bc_real_actions_only"]["cloned_transitions"] == len(starts)
 
     table = (root / "augment" / "table.md").read_text()
     assert "TD3BC alpha=10 - TD3BC" in table and "DAWM trust 50% - TD3BC" in table

@@ -18,6 +18,7 @@ asks, whether the actions it clones on generated states are the behaviour policy
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -25,9 +26,10 @@ from _common import add_out_argument, save_results
 
 from dawm_env.data.loading import load_dataset
 from dawm_env.data.minari_io import read_provenance
-from dawm_env.data.policies import BehaviorPolicy, load_policy
+from dawm_env.data.policies import BehaviorPolicy, default_policy_path, load_policy
 from dawm_env.data.records import OfflineDataset
 from dawm_env.generation.stats import transition_infos
+from dawm_env.tasks import get_task
 
 
 def seed_parts(seed_id: str, n: int, split_at: Optional[int]) -> list[tuple[str, int, int, Optional[BehaviorPolicy]]]:
@@ -41,8 +43,20 @@ def seed_parts(seed_id: str, n: int, split_at: Optional[int]) -> list[tuple[str,
     level = prov.get("config", {}).get("level")
 
     def policy(lvl: Optional[str]) -> Optional[BehaviorPolicy]:
-        path = prov.get(f"{lvl}_policy", {}).get("path")
-        return load_policy(path) if path else None
+        rec = prov.get(f"{lvl}_policy", {})
+        if not rec.get("path"):
+            return None
+        path = Path(rec["path"])
+        if not path.is_file():  # built on another machine: the package's copy of the same policy
+            path = default_policy_path(get_task(prov["config"]["task"]), lvl) or path
+        if not path.is_file():
+            print(f"{lvl} policy {rec['path']} not found: no comparison with its actions")
+            return None
+        pol = load_policy(path)
+        if rec.get("weights_sha256") and pol.weights_sha256 != rec["weights_sha256"]:
+            print(f"{path} is not the {lvl} policy the data was built with (weights differ): no comparison")
+            return None
+        return pol
 
     if split_at is None and level == "medium-expert":
         return [("medium half", 0, int(prov["config"]["steps"]), policy("medium")),

@@ -25,9 +25,10 @@ import numpy as np
 from _common import add_out_argument, save_results
 
 from dawm_env.data.loading import load_dataset
-from dawm_env.data.minari_io import read_provenance
+from dawm_env.data.minari_io import dataset_exists, read_provenance
 from dawm_env.data.policies import BehaviorPolicy, default_policy_path, load_policy
 from dawm_env.data.records import OfflineDataset
+from dawm_env.data.windows import positions_in_episode
 from dawm_env.generation.stats import transition_infos
 from dawm_env.tasks import get_task
 
@@ -36,10 +37,7 @@ def seed_parts(seed_id: str, n: int, split_at: Optional[int]) -> list[tuple[str,
     """``(name, start, stop, behaviour policy or None)`` ranges of the seed data: the medium / expert halves of a
     built medium-expert dataset (the medium half comes first, ``config.steps`` transitions), else ``split_at``
     or the whole."""
-    try:
-        prov = read_provenance(seed_id)
-    except Exception:  # a dataset file, not a local Minari id: no build provenance to read
-        prov = {}
+    prov = read_provenance(seed_id) if dataset_exists(seed_id) else {}  # a dataset file has no build provenance
     level = prov.get("config", {}).get("level")
 
     def policy(lvl: Optional[str]) -> Optional[BehaviorPolicy]:
@@ -68,7 +66,7 @@ def seed_parts(seed_id: str, n: int, split_at: Optional[int]) -> list[tuple[str,
 
 def compare(gen: OfflineDataset, real: OfflineDataset, seed_index: np.ndarray, parts: list) -> dict:
     """Per part and rollout step: generated vs real-continuation statistics (see the module docstring)."""
-    step = np.arange(gen.num_transitions) - np.repeat(gen.episode_offsets[:-1], gen.episode_lengths)
+    step = positions_in_episode(gen)
     target = seed_index + step  # the real transition this generated one stands for
     ends = np.repeat(real.episode_offsets[1:], real.episode_lengths)  # exclusive end of each real row's episode
     valid = target < ends[seed_index]

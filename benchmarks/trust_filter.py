@@ -18,6 +18,7 @@ from _common import add_out_argument, save_results
 
 from dawm_env.agents.sources import TRUST_SIGNALS, trust_mask
 from dawm_env.data.loading import load_dataset
+from dawm_env.data.windows import positions_in_episode
 from dawm_env.generation.stats import transition_idm_std
 
 
@@ -40,7 +41,7 @@ def main() -> None:
 
     data = load_dataset(args.dataset)
     std = transition_idm_std(args.dataset)
-    step = np.arange(data.num_transitions) - np.repeat(data.episode_offsets[:-1], data.episode_lengths)
+    step = positions_in_episode(data)
     terminal = data.terminations.astype(bool)
     inferred = std > 0
     everything = np.ones(data.num_transitions, dtype=bool)

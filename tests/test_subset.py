@@ -100,3 +100,5 @@ def test_lowdata_at_smoke_preset_trains_its_bundle_on_the_fraction(hopper_random
     assert len(noisy) == 1 and noisy[0]["generated_dataset"] != next(
         r["generated_dataset"] for r in res["cells"] if r["cell"]["method"] == "mix 50% real")
     assert read_provenance(noisy[0]["generated_dataset"])["rollout"]["action_noise"] == 0.3
+    bc_real = [r for r in res["cells"] if r["cell"]["bc_real_only"]]
+    assert len(bc_real) == 1 and bc_real[0]["cell"]["real_fraction"] == 0.5

@@ -250,7 +250,7 @@ def _lowdata(p: ExperimentPreset) -> list[Method]:
     # the low-data regime: every cell (and the world model) sees only the preset's data_fraction of the real data
     return [Method("TD3BC", "td3bc"), Method("DAWM (paper)", "td3bc", True),
             Method("DAWM trust 50%", "td3bc", True, trust_keep=0.5),
-            Method("mix 50% real", "td3bc", True, real_fraction=0.5), _NOISY_MIX]
+            Method("mix 50% real", "td3bc", True, real_fraction=0.5), _NOISY_MIX, _MIX_BC_REAL]
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (

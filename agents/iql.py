@@ -11,7 +11,8 @@ Per step and per seed, in CORL's order:
    via ``batch.discounts``);
 4. actor: advantage-weighted regression ``mean(min(exp(beta adv), 100) * bc)`` with ``bc = ||pi(s) - a||^2``
    (deterministic actor) or ``-log N(a; mu(s), sigma)`` (Gaussian actor, state-independent log-std),
-   learning rate on a cosine schedule from ``actor_lr`` to 0 over the run.
+   learning rate on a cosine schedule from ``actor_lr`` to 0 over the run; with ``batch.bc_weights`` the mean is
+   weighted over rows (e.g. only rows whose action is real; value and critics still learn from every row).
 
 Observations are normalised inside the agent; rewards are multiplied by the normaliser's reward scale
 (CORL's ``normalize_reward``: ``1000 / (max return - min return)``).
@@ -207,7 +208,11 @@ class IQL:
                 log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
                 z = (batch.actions - mean) * torch.exp(-log_std)
                 bc = (0.5 * z**2 + log_std + 0.5 * math.log(2 * math.pi)).sum(-1)  # -log N(a; mean, std)
-            actor_loss = (weights * bc).mean(-1)  # (K,)
+            if batch.bc_weights is None:
+                actor_loss = (weights * bc).mean(-1)  # (K,)
+            else:  # regress only onto the weighted rows' actions (e.g. the real ones): a weighted mean over rows
+                w = batch.bc_weights
+                actor_loss = (weights * bc * w).sum(-1) / w.sum(-1).clamp_min(1e-6)
         for group in self.actor_opt.param_groups:
             group["lr"] = cosine_lr(cfg.actor_lr, step, self.total_steps)
         self.actor_opt.zero_grad(set_to_none=True)

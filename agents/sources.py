@@ -50,8 +50,9 @@ class TransitionBatch:
         terminations: ``(*S,)`` float32, 1.0 where the episode really ended at ``s'`` (no bootstrap).
         discounts: ``(*S,)`` float32 factor of the bootstrap value, ``gamma^n (1 - terminated)``, or None for
             one-step rows (the agent then uses ``gamma (1 - terminated)``: one-step TD is the special case).
-        bc_weights: ``(*S,)`` float32 weight of each row in TD3+BC's behaviour-cloning term (1: clone its action,
-            0: train the critic on it but do not clone its action, e.g. an IDM-inferred one), or None: clone all.
+        bc_weights: ``(*S,)`` float32 weight of each row in the actor's cloning (TD3+BC's BC term, IQL's weighted
+            regression; 1: clone its action, 0: train the critics on it but do not clone its action, e.g. an
+            IDM-inferred one), or None: clone all.
     """
 
     observations: torch.Tensor

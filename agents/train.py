@@ -126,9 +126,10 @@ class TrainAgentConfig:
     """How ``trust_keep`` ranks the IDM-inferred transitions: ``idm_std`` (lowest first) or ``random`` (the control:
     as many transitions at random, seed 0)."""
     bc_real_actions_only: bool = False
-    """With a ``synthetic`` dataset written by ``dawm generate`` (``td3bc``): the behaviour-cloning term clones only
-    each rollout's real first action (IDM std 0), the critic and the Q term train on every transition; real rows of
-    a mix are cloned as usual. Tests whether cloning IDM-inferred actions is what holds DAWM-TD3BC back."""
+    """With a ``synthetic`` dataset written by ``dawm generate`` (``td3bc`` / ``iql``): the actor clones only each
+    rollout's real first action (IDM std 0), TD3+BC's BC term and IQL's advantage-weighted regression alike; the
+    critics (and TD3+BC's Q term) train on every transition; real rows of a mix are cloned as usual. Tests whether
+    cloning IDM-inferred actions is what holds DAWM agents back."""
     steps: int = 1_000_000
     """Gradient steps per seed."""
     seeds: int = 5
@@ -228,9 +229,10 @@ class TrainAgentConfig:
                 raise ValueError(f"trust_keep must lie in (0, 1], got {self.trust_keep}")
         if self.trust_signal not in TRUST_SIGNALS:
             raise ValueError(f"unknown trust_signal {self.trust_signal!r}; choose one of {', '.join(TRUST_SIGNALS)}")
-        if self.bc_real_actions_only and (self.synthetic is None or self.algo != "td3bc"):
-            raise ValueError("bc_real_actions_only weights TD3+BC's behaviour cloning on a --synthetic dataset; it "
-                             f"needs --algo td3bc with --synthetic (got {self.algo}, synthetic={self.synthetic})")
+        if self.bc_real_actions_only and (self.synthetic is None or self.algo not in ("td3bc", "iql")):
+            raise ValueError("bc_real_actions_only restricts the actor's cloning (TD3+BC's BC term, IQL's weighted "
+                             "regression) to real actions of a --synthetic dataset; it needs --algo td3bc or iql with "
+                             f"--synthetic (got {self.algo}, synthetic={self.synthetic})")
         if self.real_fraction is not None and not 0.0 <= self.real_fraction <= 1.0:
             raise ValueError(f"real_fraction must lie in [0, 1], got {self.real_fraction}")
         valid = {f.name for f in fields(ALGOS[self.base_algo][1])}

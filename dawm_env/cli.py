@@ -333,7 +333,7 @@ def train_agent_cmd(
     trust_signal: str = typer.Option(
         "idm_std", help="How --trust-keep ranks: idm_std, or random (the control: as many transitions at random)."),
     bc_real_actions_only: bool = typer.Option(
-        False, help="With --synthetic (td3bc): clone only each rollout's real first action, not IDM-inferred ones."),
+        False, help="With --synthetic (td3bc, iql): the actor clones only real actions, not IDM-inferred ones."),
     bf16: bool = typer.Option(False, help="bfloat16 autocast for the agent's matmuls (faster on AVX512-BF16 CPUs)."),
     bundle: Optional[str] = typer.Option(None, help="Bundle: SSORL's IDM, or the generator of --online."),
     ssorl_fraction: float = typer.Option(0.5, help="SSORL: fraction of trajectories whose actions the IDM relabels."),

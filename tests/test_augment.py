@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from dawm_env.agents.iql import IQL, IQLConfig
 from dawm_env.agents.networks import Normalizer
 from dawm_env.agents.sources import DatasetSource, MixSource, TransitionBatch, trust_mask
 from dawm_env.agents.td3bc import TD3BC, TD3BCConfig
@@ -83,11 +84,39 @@ def test_td3bc_bc_weights_against_a_hand_computation():
     torch.testing.assert_close(bc_loss(w), err[[0, 3, 7]].mean().reshape(1), rtol=1e-5, atol=1e-6)
 
 
-def test_bc_real_actions_only_needs_td3bc_on_synthetic_data():
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_iql_weighted_regression_equals_the_plain_loss_on_the_weighted_rows(deterministic):
+    """IQL's actor with BC weights 0/1 = its plain advantage-weighted loss on the sub-batch of weight-1 rows (each
+    row's advantage comes from the critics and value net before the step, so the other rows cannot change it)."""
+    obs_dim, act_dim, b = 4, 2, 8
+    g = torch.Generator().manual_seed(5)
+    full = TransitionBatch(torch.randn(1, b, obs_dim, generator=g), torch.rand(1, b, act_dim, generator=g) * 2 - 1,
+                           torch.randn(1, b, generator=g), torch.randn(1, b, obs_dim, generator=g), torch.zeros(1, b))
+    rows = [1, 2, 6]
+    w = torch.zeros(1, b)
+    w[0, rows] = 1.0
+
+    def actor_loss(batch: TransitionBatch) -> torch.Tensor:
+        agent = IQL(IQLConfig(hidden=(8,), deterministic_actor=deterministic), obs_dim, act_dim, [0],
+                    Normalizer(torch.zeros(obs_dim), torch.ones(obs_dim)), total_steps=10)
+        return agent.update(batch, step=0, gen=torch.Generator().manual_seed(0))["actor_loss"]
+
+    def pick(x: torch.Tensor) -> torch.Tensor:
+        return x[:, rows]
+
+    sub = TransitionBatch(pick(full.observations), pick(full.actions), pick(full.rewards),
+                          pick(full.next_observations), pick(full.terminations))
+    torch.testing.assert_close(actor_loss(replace(full, bc_weights=torch.ones(1, b))), actor_loss(full))
+    torch.testing.assert_close(actor_loss(replace(full, bc_weights=w)), actor_loss(sub), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(actor_loss(full), actor_loss(sub))  # the weights do select rows
+
+
+def test_bc_real_actions_only_needs_td3bc_or_iql_on_synthetic_data():
     with pytest.raises(ValueError, match="bc_real_actions_only"):
         TrainAgentConfig(algo="td3bc", dataset="x", out="y", bc_real_actions_only=True)
     with pytest.raises(ValueError, match="bc_real_actions_only"):
-        TrainAgentConfig(algo="iql", dataset="x", out="y", synthetic="z", bc_real_actions_only=True)
+        TrainAgentConfig(algo="dwm-td3bc", dataset="x", out="y", synthetic="z", bc_real_actions_only=True)
+    TrainAgentConfig(algo="iql", dataset="x", out="y", synthetic="z", bc_real_actions_only=True)  # accepted
 
 
 def test_trust_keep_needs_a_synthetic_one_step_run():
@@ -216,6 +245,9 @@ def test_confirm_at_smoke_preset_trains_the_first_seed_onwards(tiny_bundle, hopp
         assert json.loads((Path(rec["run_dir"]) / "config.json").read_text())["seeds"] == [7, 8]
     table = (tmp_path / "exp" / "confirm" / "table.md").read_text()
     assert "DAWM trust 50% - TD3BC" in table and "DAWM-IQL trust 50% - IQL" in table
+    iql_bc = json.loads((Path(recs["IQL mix 50% real, AWR on real a"]["run_dir"]) / "config.json").read_text())["data"]
+    assert iql_bc["real_fraction"] == 0.5 and iql_bc["bc_real_actions_only"]["cloned_transitions"] > 0
+    assert "IQL mix 50% real, AWR on real a - IQL" in table
     # a copy of the report (e.g. one kept in a repository) makes another output folder's cells finished: no run
     report = tmp_path / "kept_results.json"
     report.write_text((tmp_path / "exp" / "confirm" / "results.json").read_text())

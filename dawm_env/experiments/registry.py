@@ -216,6 +216,8 @@ _NOISY_MIX = Method("mix 50% real, a_t noise 0.3", "td3bc", True, real_fraction=
 #: targets scatter around the narrow expert mode; cloning only the rollouts' first actions without a real half
 #: left too little anchor (-16.1 in the screen), the real half restores it.
 _MIX_BC_REAL = Method("mix 50% real, BC on real a", "td3bc", True, real_fraction=0.5, bc_real_only=True)
+#: its IQL form: the advantage-weighted regression onto real actions only (value and critics learn from all rows)
+_IQL_MIX_BC_REAL = Method("IQL mix 50% real, AWR on real a", "iql", True, real_fraction=0.5, bc_real_only=True)
 
 
 def _augment(p: ExperimentPreset) -> list[Method]:
@@ -243,7 +245,7 @@ def _confirm(p: ExperimentPreset) -> list[Method]:
             Method("DAWM random 50%", "td3bc", True, trust_keep=0.5, trust_signal="random"),
             Method("mix 50% real", "td3bc", True, real_fraction=0.5), _NOISY_MIX, _MIX_BC_REAL,
             Method("DAWM (paper)", "td3bc", True), Method("DWM-TD3BC", "dwm-td3bc", True), Method("IQL", "iql"),
-            Method("DAWM-IQL trust 50%", "iql", True, trust_keep=0.5)]
+            Method("DAWM-IQL trust 50%", "iql", True, trust_keep=0.5), _IQL_MIX_BC_REAL]
 
 
 def _lowdata(p: ExperimentPreset) -> list[Method]:

@@ -37,7 +37,10 @@ def main() -> None:
     p.add_argument("--idm-steps", type=int, default=2000)
     p.add_argument("--horizon", type=int, default=7, help="generated transitions per rollout")
     p.add_argument("--subsample", type=int, default=1, help="generate from a random 1/T of the real pairs")
-    p.add_argument("--real-fraction", type=float, default=None, help="mix real data into the agent's batches")
+    p.add_argument("--recipe", default="recommended", choices=("recommended", "paper"),
+                   help="how the agent uses the generated data (dawm train agent --recipe)")
+    p.add_argument("--real-fraction", type=float, default=None, help="real share of the agent's batches "
+                   "(default: the recipe's)")
     p.add_argument("--algo", default="td3bc")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--agent-steps", type=int, default=30_000)
@@ -84,7 +87,8 @@ def main() -> None:
     timed("generation", generate_dataset, GenerateConfig(bundle=str(bundle), seed_dataset=real_id, out=gen_id,
                                                          horizon=args.horizon, subsample=args.subsample, **common))
     timed("agent", train_agent, TrainAgentConfig(algo=args.algo, dataset=real_id, synthetic=gen_id, out=str(run),
-                                                 real_fraction=args.real_fraction, seeds=args.seeds,
+                                                 recipe=args.recipe, real_fraction=args.real_fraction,
+                                                 seeds=args.seeds,
                                                  steps=args.agent_steps, eval_every=max(1, args.agent_steps // 4),
                                                  eval_episodes=10, level=args.level, **common))
     final = timed("evaluation", evaluate_run, run, episodes=args.final_episodes, device=args.device)

@@ -326,14 +326,19 @@ def train_agent_cmd(
     dataset: str = typer.Option(..., help="Real dataset (Minari id, D4RL hdf5 or npz): data, normaliser, eval env."),
     synthetic: Optional[str] = typer.Option(
         None, help="Generated dataset (dawm generate) to train on; dwm-* read its rollouts' states and rewards."),
+    recipe: str = typer.Option(
+        "recommended", help="How td3bc / iql use a --synthetic dataset from dawm generate: recommended (half of each "
+                            "batch real, the actor clones real actions only) or paper (generated data only)."),
     real_fraction: Optional[float] = typer.Option(
-        None, help="With --synthetic or --online: fraction of each batch from real data."),
+        None, help="With --synthetic or --online: fraction of each batch from real data (default: the recipe's)."),
     trust_keep: Optional[float] = typer.Option(
         None, help="With --synthetic: keep only this fraction of the IDM-inferred transitions, lowest IDM std first."),
     trust_signal: str = typer.Option(
         "idm_std", help="How --trust-keep ranks: idm_std, or random (the control: as many transitions at random)."),
-    bc_real_actions_only: bool = typer.Option(
-        False, help="With --synthetic (td3bc, iql): the actor clones only real actions, not IDM-inferred ones."),
+    bc_real_actions_only: Optional[bool] = typer.Option(
+        None, "--bc-real-actions-only/--bc-all-actions",
+        help="With --synthetic (td3bc, iql): the actor clones only real actions, or every action (default: the "
+             "recipe's)."),
     bf16: bool = typer.Option(False, help="bfloat16 autocast for the agent's matmuls (faster on AVX512-BF16 CPUs)."),
     bundle: Optional[str] = typer.Option(None, help="Bundle: SSORL's IDM, or the generator of --online."),
     ssorl_fraction: float = typer.Option(0.5, help="SSORL: fraction of trajectories whose actions the IDM relabels."),
@@ -362,7 +367,7 @@ def train_agent_cmd(
 
     try:
         path = train_agent(TrainAgentConfig(
-            algo=algo, dataset=dataset, out=out, synthetic=synthetic, real_fraction=real_fraction,
+            algo=algo, dataset=dataset, out=out, synthetic=synthetic, recipe=recipe, real_fraction=real_fraction,
             trust_keep=trust_keep, trust_signal=trust_signal, bc_real_actions_only=bc_real_actions_only,
             algo_overrides={"bf16": True} if bf16 else {}, steps=steps,
             seeds=seeds, seed=seed, eval_every=eval_every, eval_episodes=eval_episodes, bundle=bundle,

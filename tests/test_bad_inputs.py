@@ -300,6 +300,8 @@ def bad_files(tmp_path, hopper_random, halfcheetah_random) -> dict[str, str]:
       "--out", "{tmp}/a", "--steps", "2"], "is for task hopper, not halfcheetah"),
     (["train", "agent", "--algo", "td3bc", "--dataset", "{hopper}", "--out", "{tmp}/a", "--seeds", "0"],
      "seeds must be >= 1"),
+    (["train", "agent", "--algo", "td3bc", "--dataset", "{hopper}", "--out", "{tmp}/a", "--recipe", "dwm"],
+     "unknown recipe 'dwm'; choose one of recommended, paper"),
     (["evaluate", "{tmp}/nothing"], "is not a dawm agent run"),
     (["evaluate", "{tmp}", "--episodes", "0"], "--episodes must be >= 1"),
     (["evaluate", "{broken_run}"], "not a readable dawm run config"),

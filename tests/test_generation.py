@@ -468,3 +468,32 @@ def test_levers_that_trust_the_real_first_step_refuse_action_noise_data(tiny_bun
                                steps=2, seeds=1, batch_size=8, eval_every=2, eval_episodes=1, progress=False)
         with pytest.raises(ValueError, match="generated with --action-noise: its rollouts' first steps are not real"):
             train_agent(cfg)
+
+
+@pytest.mark.parametrize("algo", ["td3bc", "iql"])
+def test_recipes_on_generated_data(tiny_bundle, seed_id, tmp_path, algo):
+    """The recommended recipe (half real, clone real actions only) is the default on dawm's generated data; the
+    paper's (generated only, clone everything) is one flag away; explicit settings win over either."""
+    from dawm_env.agents.train import TrainAgentConfig, train_agent
+
+    clean = generate_dataset(_cfg(tiny_bundle, seed_id, "dawm-gen/hopper/clean-v0", horizon=3, subsample=30))
+    noisy = generate_dataset(_cfg(tiny_bundle, seed_id, "dawm-gen/hopper/noisy-v0", horizon=3, subsample=30,
+                                  action_noise=0.3))
+    rollouts = load_dataset(clean).num_episodes
+
+    def data_desc(name: str, synthetic: str, **kw) -> dict:
+        cfg = TrainAgentConfig(algo=algo, dataset=SEED_ID, synthetic=synthetic, out=str(tmp_path / name), steps=2,
+                               seeds=1, batch_size=8, eval_every=2, eval_episodes=1, progress=False, **kw)
+        return json.loads((train_agent(cfg) / "config.json").read_text())["data"]
+
+    default = data_desc("default", clean)
+    assert default["real_fraction"] == 0.5 and default["bc_real_actions_only"]["cloned_transitions"] == rollouts
+    paper = data_desc("paper", clean, recipe="paper")
+    assert paper["real_fraction"] == 0.0 and "bc_real_actions_only" not in paper
+    own = data_desc("own", clean, real_fraction=0.25, bc_real_actions_only=False)
+    assert own["real_fraction"] == 0.25 and "bc_real_actions_only" not in own
+    # --action-noise data has no real first actions to clone: the recipe mixes but clones every action
+    noisy_desc = data_desc("noisy", noisy)
+    assert noisy_desc["real_fraction"] == 0.5 and "bc_real_actions_only" not in noisy_desc
+    with pytest.raises(ValueError, match="unknown recipe 'dwm'; choose one of recommended, paper"):
+        TrainAgentConfig(algo=algo, dataset=SEED_ID, synthetic=clean, out=str(tmp_path / "x"), recipe="dwm")

@@ -578,7 +578,8 @@ class Workspace:
             overrides["alpha"] = cell.alpha
         if cell.trust_signal:
             kwargs["trust_signal"] = cell.trust_signal
-        kwargs.update(real_fraction=cell.real_fraction, trust_keep=cell.trust_keep,
+        # a cell names its levers relative to the paper's recipe (generated data only, every action cloned)
+        kwargs.update(recipe="paper", real_fraction=cell.real_fraction, trust_keep=cell.trust_keep,
                       bc_real_actions_only=cell.bc_real_only, algo_overrides=overrides)
         train_agent(TrainAgentConfig(**kwargs))
         res = json.loads((run_dir / "results.json").read_text())

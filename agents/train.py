@@ -117,6 +117,8 @@ class Recipe:
 #: medium-replay; README, "Confirmation on held-out seeds"); ``paper``: the paper's (generated data only, every
 #: action cloned), which loses on medium-replay (-5.5) and medium-expert (-59.4).
 RECIPES: dict[str, Recipe] = {"recommended": Recipe(0.5, True), "paper": Recipe(0.0, False)}
+#: The one-step learners a recipe (and ``bc_real_actions_only``) applies to.
+RECIPE_ALGOS = ("td3bc", "iql")
 
 
 @dataclass
@@ -253,7 +255,7 @@ class TrainAgentConfig:
                 raise ValueError(f"trust_keep must lie in (0, 1], got {self.trust_keep}")
         if self.trust_signal not in TRUST_SIGNALS:
             raise ValueError(f"unknown trust_signal {self.trust_signal!r}; choose one of {', '.join(TRUST_SIGNALS)}")
-        if self.bc_real_actions_only and (self.synthetic is None or self.algo not in ("td3bc", "iql")):
+        if self.bc_real_actions_only and (self.synthetic is None or self.algo not in RECIPE_ALGOS):
             raise ValueError("bc_real_actions_only restricts the actor's cloning (TD3+BC's BC term, IQL's weighted "
                              "regression) to real actions of a --synthetic dataset; it needs --algo td3bc or iql with "
                              f"--synthetic (got {self.algo}, synthetic={self.synthetic})")
@@ -350,13 +352,13 @@ def build_source(cfg: TrainAgentConfig, real: OfflineDataset, device: torch.devi
         other, desc["online"] = build_online_source(cfg, real, device, expansion)
     elif cfg.synthetic is not None:
         syn = load_dataset(cfg.synthetic, task=real.task or None)
-        if expansion is not None and not _is_generated(cfg.synthetic):
+        generated = _is_generated(cfg.synthetic)
+        if expansion is not None and not generated:
             raise ValueError(f"{cfg.algo} needs a dataset written by dawm generate (one episode per rollout, "
                              f"starting at a real (s_t, a_t)); {cfg.synthetic} is not one")
-        generated = _is_generated(cfg.synthetic)
         noisy = generated and bool(_action_noise(cfg.synthetic))
         # the recipe is measured for one-step td3bc / iql on dawm's own generated data; elsewhere generated data only
-        recipe = RECIPES[cfg.recipe] if generated and cfg.algo in ("td3bc", "iql") else RECIPES["paper"]
+        recipe = RECIPES[cfg.recipe] if generated and cfg.algo in RECIPE_ALGOS else RECIPES["paper"]
         if cfg.real_fraction is None:
             cfg = replace(cfg, real_fraction=recipe.real_fraction)
         if cfg.bc_real_actions_only is None:

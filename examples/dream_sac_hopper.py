@@ -1,6 +1,6 @@
 """Learn Hopper inside the DAWM dream with an SB3 / sb3-contrib agent, then evaluate it in real Hopper-v5.
 
-The agent (SAC, TQC or CrossQ) never touches MuJoCo while learning: every transition comes from the
+The agent (SAC, TQC, CrossQ or TD3+BC) never touches MuJoCo while learning: every transition comes from the
 world model (``DAWM-Hopper-v0`` through the batched env and the SB3 ``VecEnv`` adapter, one model call
 per step for all ``--num-envs`` envs). Only the final evaluation runs the real simulator, and the
 score is the D4RL-normalised return (0 = random, 100 = expert reference returns of D4RL; these are
@@ -17,6 +17,7 @@ return it collects in the dream (the exploitation gap).
     python examples/dream_sac_hopper.py --start-states dawm-d4rl/hopper/medium-v0 --horizon 5 \\
         --real-data dawm-d4rl/hopper/medium-v0 --real-fraction 0.5
     python examples/dream_sac_hopper.py --algo tqc ...                       # sb3-contrib TQC (or crossq)
+    python examples/dream_sac_hopper.py --algo td3bc --real-data ... ...      # TD3+BC: clones the real rows only
     python examples/dream_sac_hopper.py --bundle PATH --timesteps 400 --learning-starts 100 \\
         --eval-episodes 1 --num-envs 4                                       # smoke run
 
@@ -39,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--env-id", default="DAWM-Hopper-v0", help="dream env id")
     p.add_argument("--bundle", default=None, help="bundle name or folder (default: the env's, hopper-medium)")
-    p.add_argument("--algo", choices=("sac", "tqc", "crossq"), default="sac")
+    p.add_argument("--algo", choices=("sac", "tqc", "crossq", "td3bc"), default="sac",
+                   help="td3bc: SB3 TD3 + behaviour cloning of the --real-data rows of each batch, on observations "
+                        "normalised by that data's statistics (needs --real-data)")
+    p.add_argument("--alpha", type=float, default=2.5, help="td3bc: lambda = alpha / mean|Q|")
+    p.add_argument("--exploration-noise", type=float, default=0.1, help="td3bc: std of the Gaussian action noise")
     p.add_argument("--timesteps", type=int, default=200_000, help="dream transitions to learn from")
     p.add_argument("--num-envs", type=int, default=8, help="dream envs stepped by one model call")
     p.add_argument("--horizon", type=int, default=100, help="dream episode length (time limit)")
@@ -66,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def evaluate_real(model, env_id: str, episodes: int, seed: int, lengths: list | None = None) -> list[float]:
-    """Undiscounted returns of ``episodes`` deterministic episodes in the real env (lengths appended to ``lengths``)."""
+    """Undiscounted returns of ``episodes`` deterministic episodes in the real env (lengths appended to ``lengths``).
+
+    Observations go through the model's ``VecNormalize`` when it learned behind one (td3bc)."""
     import gymnasium as gym
+
+    norm = model.get_vec_normalize_env()
 
     env = gym.make(env_id)
     returns = []
@@ -75,7 +84,7 @@ def evaluate_real(model, env_id: str, episodes: int, seed: int, lengths: list | 
         obs, _ = env.reset(seed=seed + ep)
         done, ret, steps = False, 0.0, 0
         while not done:
-            action, _ = model.predict(obs, deterministic=True)
+            action, _ = model.predict(norm.normalize_obs(obs) if norm is not None else obs, deterministic=True)
             obs, rew, term, trunc, _ = env.step(action)
             ret += float(rew)
             done = term or trunc
@@ -87,18 +96,27 @@ def evaluate_real(model, env_id: str, episodes: int, seed: int, lengths: list | 
     return returns
 
 
-def main() -> None:
-    """Learn in the dream, evaluate in MuJoCo, print and save the normalised score."""
-    args = build_parser().parse_args()
+def main(argv: list[str] | None = None) -> dict:
+    """Learn in the dream, evaluate in MuJoCo, print and save the normalised score; returns the summary."""
+    args = build_parser().parse_args(argv)
     import torch
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import VecMonitor
 
     import dawm_env  # noqa: F401  (registers the dream ids)
-    from dawm_env.envs.sb3 import RealMixReplayBuffer, make_sb3_vec_env, real_mix_kwargs
+    from dawm_env.data.loading import load_dataset
+    from dawm_env.envs.sb3 import (
+        SB3TD3BC,
+        RealMixReplayBuffer,
+        frozen_obs_normalization,
+        make_sb3_vec_env,
+        real_mix_kwargs,
+    )
     from dawm_env.tasks import get_task
 
+    if args.algo == "td3bc" and not args.real_data:
+        raise SystemExit("--algo td3bc clones real actions: give --real-data (e.g. dawm-d4rl/hopper/medium-v0)")
     torch.set_num_threads(args.threads)
     dream_kwargs = {k: v for k, v in {"bundle": args.bundle, "rtg_target": args.rtg_target,
                                       "guidance_weight": args.guidance_weight, "device": args.device,
@@ -110,9 +128,22 @@ def main() -> None:
         dream_kwargs["pessimism"] = False
     venv = VecMonitor(make_sb3_vec_env(args.env_id, num_envs=args.num_envs, max_episode_steps=args.horizon,
                                        seed=args.seed, **dream_kwargs))
-    task = get_task(venv.venv.dynamics.task.name)
+    dynamics = venv.venv.dynamics
+    task = get_task(dynamics.task.name)
+    real_data = load_dataset(args.real_data) if args.real_data else None  # loaded once: buffer and normaliser
+    extra: dict = {}
     if args.algo == "sac":
         algo = SAC
+    elif args.algo == "td3bc":
+        from stable_baselines3.common.noise import NormalActionNoise
+
+        algo = SB3TD3BC
+        act_dim = venv.action_space.shape[0]
+        # CORL's TD3+BC settings; the exploration noise is TD3's, the dream is where it acts
+        extra = {"alpha": args.alpha, "bc_rows": "real", "learning_rate": 3e-4, "policy_delay": 2,
+                 "target_policy_noise": 0.2, "target_noise_clip": 0.5, "policy_kwargs": {"net_arch": [256, 256]},
+                 "action_noise": NormalActionNoise(np.zeros(act_dim), np.full(act_dim, args.exploration_noise))}
+        venv = frozen_obs_normalization(venv, real_data)
     else:
         from sb3_contrib import TQC, CrossQ
 
@@ -120,12 +151,12 @@ def main() -> None:
     buffer = {}
     if args.real_data:
         buffer = {"replay_buffer_class": RealMixReplayBuffer,
-                  "replay_buffer_kwargs": real_mix_kwargs(args.real_data, args.real_fraction, seed=args.seed)}
+                  "replay_buffer_kwargs": real_mix_kwargs(real_data, args.real_fraction, seed=args.seed)}
     model = algo("MlpPolicy", venv, batch_size=args.batch_size, learning_starts=args.learning_starts,
                  gradient_steps=args.gradient_steps or args.num_envs, seed=args.seed, device=args.device, verbose=0,
-                 **buffer)
+                 **buffer, **extra)
     mode = "raw dream" if args.raw else "pessimistic dream"
-    print(f"{args.algo.upper()} in the {mode} {args.env_id} (bundle {venv.venv.dynamics.bundle.path}): "
+    print(f"{args.algo.upper()} in the {mode} {args.env_id} (bundle {dynamics.bundle.path}): "
           f"{args.timesteps} dream steps, {args.num_envs} envs, horizon {args.horizon}, real data "
           f"{args.real_data or 'none'}")
     history: list[dict] = []
@@ -168,9 +199,11 @@ def main() -> None:
     scores = task.normalized_score(np.asarray(returns))
     summary = {
         "algo": args.algo, "env_id": args.env_id, "real_env": task.env_id,
-        "bundle": str(venv.venv.dynamics.bundle.path), "timesteps": args.timesteps, "num_envs": args.num_envs,
+        "bundle": str(dynamics.bundle.path), "timesteps": args.timesteps, "num_envs": args.num_envs,
         "horizon": args.horizon, "seed": args.seed, "learn_seconds": learn_s, "eval_seconds": eval_s,
         "pessimism": not args.raw, "dream_kwargs": dream_kwargs, "real_data": args.real_data,
+        "td3bc": ({"alpha": args.alpha, "exploration_noise": args.exploration_noise, "bc_rows": "real"}
+                  if args.algo == "td3bc" else None),
         "real_fraction": args.real_fraction if args.real_data else 0.0, "history": history,
         "dream_episode_return_mean_last100": float(np.mean(dream_returns)) if dream_returns else None,
         "dream_return_per_step_last100": (float(np.sum(dream_returns) / sum(ep["l"] for ep in model.ep_info_buffer))
@@ -185,6 +218,7 @@ def main() -> None:
     print(f"real {task.env_id}: return {summary['real_return_mean']:.1f} over {len(returns)} episodes, "
           f"normalised score {summary['normalized_score_mean']:.1f} +- {summary['normalized_score_std']:.1f}")
     print(f"saved {out}.zip and {out}.json")
+    return summary
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 SB3 has no offline algorithms, but it does not need one: fill an off-policy model's replay buffer from the
 dataset, then call ``model.train(gradient_steps, batch_size)`` without ever calling ``learn()``. TD3+BC is
 TD3 plus a behaviour-cloning term in the actor loss, so it fits as a TD3 subclass overriding ``train()``
-(:class:`TD3BC` below; the same pattern works for sb3-contrib's TQC or CrossQ with their own ``train()``).
+(:class:`dawm_env.envs.sb3.SB3TD3BC`; the same pattern works for sb3-contrib's TQC or CrossQ with their own
+``train()``). The same class learns inside the dream (``examples/dream_sac_hopper.py --algo td3bc``).
 
     python examples/sb3_td3bc_offline.py --dataset dawm-d4rl/hopper/medium-v0 --steps 100000
 
@@ -31,65 +32,11 @@ from typing import Optional, Sequence
 
 import gymnasium as gym
 import numpy as np
-import torch as th
-import torch.nn.functional as F
-from stable_baselines3 import TD3
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.utils import polyak_update
 
-
-class TD3BC(TD3):
-    """TD3+BC (Fujimoto & Gu 2021) as an SB3 TD3 whose actor loss is ``-lambda Q(s, pi(s)) + MSE(pi(s), a)``.
-
-    Args:
-        alpha: ``lambda = alpha / mean|Q(s, pi(s))|`` (2.5 in the paper and CORL).
-        *args, **kwargs: passed to :class:`stable_baselines3.TD3`.
-    """
-
-    def __init__(self, *args, alpha: float = 2.5, **kwargs) -> None:
-        self.alpha = alpha
-        super().__init__(*args, **kwargs)
-
-    def train(self, gradient_steps: int, batch_size: int = 256) -> None:
-        """``gradient_steps`` TD3+BC steps on batches from the replay buffer (SB3's TD3.train + the BC term)."""
-        self.policy.set_training_mode(True)
-        self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
-        actor_losses, critic_losses = [], []
-        for _ in range(gradient_steps):
-            self._n_updates += 1
-            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
-            with th.no_grad():
-                noise = data.actions.clone().data.normal_(0, self.target_policy_noise)
-                noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
-                next_actions = (self.actor_target(data.next_observations) + noise).clamp(-1, 1)
-                next_q = th.cat(self.critic_target(data.next_observations, next_actions), dim=1)
-                next_q, _ = th.min(next_q, dim=1, keepdim=True)
-                # data.dones = terminations only: the buffer was filled with timeouts = 0 and dones = terminations
-                target_q = data.rewards + (1 - data.dones) * self.gamma * next_q
-            current_q = self.critic(data.observations, data.actions)
-            critic_loss = sum(F.mse_loss(q, target_q) for q in current_q)
-            critic_losses.append(critic_loss.item())
-            self.critic.optimizer.zero_grad()
-            critic_loss.backward()
-            self.critic.optimizer.step()
-
-            if self._n_updates % self.policy_delay == 0:
-                pi = self.actor(data.observations)
-                q = self.critic.q1_forward(data.observations, pi)
-                lmbda = self.alpha / q.abs().mean().detach()
-                actor_loss = -lmbda * q.mean() + F.mse_loss(pi, data.actions)
-                actor_losses.append(actor_loss.item())
-                self.actor.optimizer.zero_grad()
-                actor_loss.backward()
-                self.actor.optimizer.step()
-                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
-                polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
-        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        if actor_losses:
-            self.logger.record("train/actor_loss", float(np.mean(actor_losses)))
-        self.logger.record("train/critic_loss", float(np.mean(critic_losses)))
+from dawm_env.envs.sb3 import SB3TD3BC
 
 
 def minari_transitions(dataset_id: str) -> dict[str, np.ndarray]:
@@ -122,8 +69,8 @@ def fill_replay_buffer(buffer: ReplayBuffer, data: dict[str, np.ndarray]) -> Non
 
 
 def make_model(dataset_id: str, seed: int = 0, device: str = "cpu", alpha: float = 2.5,
-               ) -> tuple[TD3BC, gym.Env, np.ndarray, np.ndarray]:
-    """TD3BC with CORL's settings, its buffer filled (normalised observations), and the normalised eval env.
+               ) -> tuple[SB3TD3BC, gym.Env, np.ndarray, np.ndarray]:
+    """SB3TD3BC with CORL's settings, its buffer filled (normalised observations), and the normalised eval env.
 
     Returns:
         ``(model, eval_env, obs_mean, obs_std)``.
@@ -141,7 +88,7 @@ def make_model(dataset_id: str, seed: int = 0, device: str = "cpu", alpha: float
     box = env.observation_space
     env = gym.wrappers.TransformObservation(
         env, normalize, gym.spaces.Box(-np.inf, np.inf, box.shape, np.float32))
-    model = TD3BC("MlpPolicy", env, alpha=alpha, learning_rate=3e-4, buffer_size=len(data["obs"]),
+    model = SB3TD3BC("MlpPolicy", env, alpha=alpha, learning_rate=3e-4, buffer_size=len(data["obs"]),
                   learning_starts=0, batch_size=256, tau=0.005, gamma=0.99, policy_delay=2,
                   target_policy_noise=0.2, target_noise_clip=0.5, policy_kwargs={"net_arch": [256, 256]},
                   seed=seed, device=device, verbose=0)

@@ -18,7 +18,14 @@ import dawm_env  # noqa: F401  (registers the ids)
 from dawm_env.checkpoint import CheckpointError
 from dawm_env.cli import app
 from dawm_env.envs.dream import DreamConfig, DreamEnv, PessimismSettings
-from dawm_env.envs.sb3 import RealMixReplayBuffer, make_sb3_vec_env, real_mix_kwargs
+from dawm_env.envs.sb3 import (
+    SB3TD3BC,
+    RealMixReplayBuffer,
+    frozen_obs_normalization,
+    make_sb3_vec_env,
+    real_mix_kwargs,
+    td3bc_actor_loss,
+)
 from dawm_env.envs.vector import DreamVectorEnv
 from dawm_env.world_model.bundle import Bundle
 from dawm_env.world_model.calibration import (
@@ -235,6 +242,7 @@ def test_real_mix_buffer_batches(hopper_random):
     batch = buf.sample(40)
     dream = (batch.observations == 7.0).all(1)
     assert int(dream.sum()) == 30  # 40 - round(0.25 * 40)
+    np.testing.assert_array_equal(buf.last_real_mask.numpy(), ~dream.numpy())  # the rows SB3TD3BC clones
     real_obs = batch.observations[~dream].numpy()
     rows = [int(np.flatnonzero((np.abs(hopper_random.observations - o) < 1e-6).all(1))[0]) for o in real_obs]
     np.testing.assert_allclose(batch.rewards[~dream].numpy().ravel(), hopper_random.rewards[rows], rtol=1e-6)
@@ -254,6 +262,70 @@ def test_sac_learns_with_real_mix_in_pessimistic_dream(bundle, hopper_random):
                 replay_buffer_kwargs=real_mix_kwargs(hopper_random, real_fraction=0.5))
     model.learn(40)
     assert model.num_timesteps >= 40 and model.replay_buffer.size() > 0
+
+
+def test_td3bc_actor_loss_by_hand():
+    q = torch.tensor([[2.0], [-4.0], [6.0]])
+    pi = torch.tensor([[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]])
+    a = torch.tensor([[0.0, 0.0], [0.5, -0.5], [0.0, 0.0]])
+    lmbda = 2.5 / 4.0  # alpha / mean |Q| = 2.5 / ((2 + 4 + 6) / 3)
+    sq = [(0 + 1) / 2, (0 + 1) / 2, (1 + 0) / 2]  # per-row mean squared action error
+    assert float(td3bc_actor_loss(q, pi, a, 2.5)) == pytest.approx(-lmbda * 4 / 3 + np.mean(sq))
+    mask = torch.tensor([False, True, True])
+    assert float(td3bc_actor_loss(q, pi, a, 2.5, mask)) == pytest.approx(-lmbda * 4 / 3 + np.mean(sq[1:]))
+    none = torch.zeros(3, dtype=torch.bool)
+    assert float(td3bc_actor_loss(q, pi, a, 2.5, none)) == pytest.approx(-lmbda * 4 / 3)
+    # lambda is a constant: the gradient reaches pi only through Q and the BC term
+    q_leaf = q.clone().requires_grad_(True)
+    td3bc_actor_loss(q_leaf, pi, a, 2.5, none).backward()
+    np.testing.assert_allclose(q_leaf.grad.numpy(), np.full((3, 1), -lmbda / 3), rtol=1e-6)
+
+
+def test_frozen_obs_normalization_uses_the_data_statistics(bundle, hopper_random):
+    venv = frozen_obs_normalization(make_sb3_vec_env("DAWM-Hopper-v0", num_envs=2, max_episode_steps=5, seed=0,
+                                                     bundle=bundle), hopper_random)
+    mean, std = hopper_random.observations.mean(0), hopper_random.observations.std(0) + 1e-3
+    obs = venv.reset()
+    np.testing.assert_allclose(obs, (venv.get_original_obs() - mean) / std, rtol=1e-5, atol=1e-5)
+    before = venv.obs_rms.mean.copy()
+    venv.step(np.zeros((2, 3), dtype=np.float32))
+    np.testing.assert_array_equal(venv.obs_rms.mean, before)  # frozen: the dream's own states never move it
+
+
+def test_sb3_td3bc_learns_in_the_dream_cloning_real_rows(bundle, hopper_random):
+    venv = frozen_obs_normalization(make_sb3_vec_env("DAWM-Hopper-v0", num_envs=2, max_episode_steps=5, seed=0,
+                                                     bundle=bundle), hopper_random)
+    model = SB3TD3BC("MlpPolicy", venv, bc_rows="real", learning_starts=10, batch_size=16, buffer_size=200,
+                     seed=0, device="cpu", policy_kwargs={"net_arch": [32, 32]}, replay_buffer_class=RealMixReplayBuffer,
+                     replay_buffer_kwargs=real_mix_kwargs(hopper_random, real_fraction=0.5))
+    model.learn(40)
+    assert model.num_timesteps >= 40 and model.replay_buffer.size() > 0
+    assert int(model.replay_buffer.last_real_mask.sum()) == 8
+    with pytest.raises(ValueError, match="needs replay_buffer_class=RealMixReplayBuffer"):
+        SB3TD3BC("MlpPolicy", venv, bc_rows="real", buffer_size=10, device="cpu")
+    with pytest.raises(ValueError, match="bc_rows must be"):
+        SB3TD3BC("MlpPolicy", venv, bc_rows="dream", buffer_size=10, device="cpu")
+
+
+def test_dream_example_trains_td3bc_and_scores_in_mujoco(bundle, hopper_random, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from dawm_env.data.minari_io import write_minari_dataset
+
+    ds_id = write_minari_dataset(hopper_random, "dawm-test/hopper/random-dream-v0", algorithm_name="random",
+                                 description="tiny", provenance={})
+    path = Path(__file__).resolve().parent.parent / "examples" / "dream_sac_hopper.py"
+    spec = importlib.util.spec_from_file_location("dream_sac_hopper", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    with pytest.raises(SystemExit, match="give --real-data"):
+        example.main(["--algo", "td3bc", "--bundle", bundle])
+    summary = example.main(["--algo", "td3bc", "--bundle", bundle, "--real-data", ds_id, "--timesteps", "40",
+                            "--learning-starts", "10", "--num-envs", "2", "--horizon", "5", "--batch-size", "16",
+                            "--eval-episodes", "1", "--threads", "1", "--out", str(tmp_path / "policy")])
+    assert summary["td3bc"]["bc_rows"] == "real" and np.isfinite(summary["normalized_score_mean"])
+    assert (tmp_path / "policy.zip").exists() and (tmp_path / "policy.json").exists()
 
 
 # --------------------------------------------------------------------------- sampler schedule and precision

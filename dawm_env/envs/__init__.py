@@ -22,7 +22,8 @@ Keyword arguments (JSON-friendly, see :class:`dawm_env.envs.dream.DreamConfig`):
 ``max_episode_steps`` through ``make`` / ``make_vec``.
 
 Modules: :mod:`.dream` (``DreamEnv``, ``DreamConfig``, the shared ``DreamDynamics``), :mod:`.vector`
-(``DreamVectorEnv``), :mod:`.sb3` (``DreamSB3VecEnv``, ``make_sb3_vec_env``), :mod:`.render`
+(``DreamVectorEnv``), :mod:`.sb3` (``DreamSB3VecEnv``, ``make_sb3_vec_env``, the offline model-based recipe's
+``RealMixReplayBuffer``, ``frozen_obs_normalization`` and ``SB3TD3BC``), :mod:`.render`
 (``StateRenderer``, GL backend helpers).
 """
 
@@ -44,6 +45,8 @@ _LAZY = {
     "DreamEnv": "dawm_env.envs.dream", "DreamConfig": "dawm_env.envs.dream",
     "DreamVectorEnv": "dawm_env.envs.vector",
     "DreamSB3VecEnv": "dawm_env.envs.sb3", "make_sb3_vec_env": "dawm_env.envs.sb3",
+    "RealMixReplayBuffer": "dawm_env.envs.sb3", "real_mix_kwargs": "dawm_env.envs.sb3",
+    "frozen_obs_normalization": "dawm_env.envs.sb3", "SB3TD3BC": "dawm_env.envs.sb3",
 }
 
 __all__ = ["DREAM_ENVS", "MAX_EPISODE_STEPS", "register_envs", *_LAZY]

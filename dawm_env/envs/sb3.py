@@ -22,17 +22,27 @@ pessimistic dream (the env's default), and real transitions mixed into every bat
                             start_states="dawm-d4rl/hopper/medium-v0")
     model = SAC("MlpPolicy", VecMonitor(venv), replay_buffer_class=RealMixReplayBuffer,
                 replay_buffer_kwargs=real_mix_kwargs("dawm-d4rl/hopper/medium-v0", real_fraction=0.5))
+
+A behaviour-regularised agent in the dream: :class:`SB3TD3BC` (TD3+BC as an SB3 TD3) with ``bc_rows="real"``
+clones only the real rows of each mixed batch, on observations normalised by the data's frozen statistics
+(:func:`frozen_obs_normalization`, as TD3+BC normalises states)::
+
+    venv = frozen_obs_normalization(VecMonitor(venv), "dawm-d4rl/hopper/medium-v0")
+    model = SB3TD3BC("MlpPolicy", venv, bc_rows="real", replay_buffer_class=RealMixReplayBuffer, ...)
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from gymnasium.utils import seeding
+from stable_baselines3 import TD3
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from stable_baselines3.common.vec_env.base_vec_env import (
     VecEnvIndices,
@@ -230,6 +240,8 @@ class RealMixReplayBuffer(ReplayBuffer):
         self.real_fraction = float(real_fraction)
         self.real = data
         self._real_rng = np.random.default_rng(seed)
+        #: ``(batch,)`` bool of the last ``sample``: True for the rows drawn from the real data.
+        self.last_real_mask: Optional[torch.Tensor] = None
 
     def sample(self, batch_size: int, env: Optional[VecNormalize] = None) -> ReplayBufferSamples:
         """``batch_size`` rows: the real share from the dataset, the rest from the dream buffer."""
@@ -249,6 +261,7 @@ class RealMixReplayBuffer(ReplayBuffer):
                 dones=self.to_torch(d.terminations[rows].astype(np.float32).reshape(-1, 1)),
                 rewards=self.to_torch(self._normalize_reward(d.rewards[rows].reshape(-1, 1), env)),
             ))
+        self.last_real_mask = torch.arange(batch_size, device=self.device) >= batch_size - n_real  # real rows last
         if len(parts) == 1:
             return parts[0]
         # same dtype on both sides (the buffer stores float32; SB3's to_torch keeps it)
@@ -261,3 +274,100 @@ def real_mix_kwargs(real_data: "OfflineDataset | str", real_fraction: float = 0.
     """``replay_buffer_kwargs`` for :class:`RealMixReplayBuffer` (the data is loaded once, here)."""
     data = real_data if isinstance(real_data, OfflineDataset) else load_dataset(real_data)
     return {"real_data": data, "real_fraction": real_fraction, "seed": seed}
+
+
+def frozen_obs_normalization(venv: VecEnv, real_data: "OfflineDataset | str") -> VecNormalize:
+    """Wrap ``venv`` so the agent sees ``(s - mean) / (std + 1e-3)`` with the data's statistics, never updated.
+
+    TD3+BC normalises states with the offline data's mean / std (CORL's 1e-3); a running normaliser would
+    drift with the dream's own states. Rewards are left as they are; the replay buffer stores raw
+    observations and normalises them (dream and real rows alike) at sampling, as SB3 does with ``VecNormalize``.
+    """
+    data = real_data if isinstance(real_data, OfflineDataset) else load_dataset(real_data)
+    out = VecNormalize(venv, training=False, norm_obs=True, norm_reward=False, clip_obs=np.inf, epsilon=0.0)
+    out.obs_rms.mean = data.observations.mean(0).astype(np.float64)
+    out.obs_rms.var = (data.observations.std(0).astype(np.float64) + 1e-3) ** 2
+    return out
+
+
+def td3bc_actor_loss(q: torch.Tensor, pi: torch.Tensor, actions: torch.Tensor, alpha: float,
+                     bc_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """TD3+BC's actor loss ``-lambda * mean(Q(s, pi(s))) + BC``, ``lambda = alpha / mean|Q|`` (not differentiated).
+
+    Args:
+        q: ``(B, 1)`` critic values of the policy's actions.
+        pi, actions: ``(B, act_dim)`` policy and batch actions.
+        alpha: TD3+BC's alpha (2.5).
+        bc_mask: ``(B,)`` bool, the rows whose actions are cloned (None = all); BC is the mean squared
+            error over their action elements, 0 when no row is selected.
+    """
+    lmbda = alpha / q.abs().mean().detach()
+    sq = (pi - actions) ** 2
+    if bc_mask is None:
+        bc = sq.mean()
+    else:
+        bc = sq[bc_mask].mean() if bool(bc_mask.any()) else sq.sum() * 0.0
+    return -lmbda * q.mean() + bc
+
+
+class SB3TD3BC(TD3):
+    """TD3+BC (Fujimoto & Gu 2021) as a Stable-Baselines3 TD3 whose actor loss adds behaviour cloning.
+
+    Offline: fill the replay buffer with a dataset and call ``train(gradient_steps, batch_size)`` without
+    ``learn()`` (``examples/sb3_td3bc_offline.py``). In the dream: ``learn()`` with a
+    :class:`RealMixReplayBuffer` and ``bc_rows="real"``, so the actor clones the data's actions and never its
+    own dreamed ones, while the critic and the Q term learn from both.
+
+    Args:
+        alpha: ``lambda = alpha / mean|Q(s, pi(s))|`` (2.5 in the paper and CORL).
+        bc_rows: ``"all"`` clones every batch row; ``"real"`` only the rows the buffer drew from real data
+            (needs :class:`RealMixReplayBuffer`).
+        *args, **kwargs: passed to :class:`stable_baselines3.TD3`.
+    """
+
+    def __init__(self, *args: Any, alpha: float = 2.5, bc_rows: Literal["all", "real"] = "all", **kwargs: Any) -> None:
+        if bc_rows not in ("all", "real"):
+            raise ValueError(f"bc_rows must be 'all' or 'real', got {bc_rows!r}")
+        self.alpha = alpha
+        self.bc_rows = bc_rows
+        super().__init__(*args, **kwargs)
+        if bc_rows == "real" and not isinstance(self.replay_buffer, RealMixReplayBuffer):
+            raise ValueError("bc_rows='real' needs replay_buffer_class=RealMixReplayBuffer (it marks the real rows)")
+
+    def train(self, gradient_steps: int, batch_size: int = 256) -> None:
+        """``gradient_steps`` TD3+BC steps on batches from the replay buffer (SB3's TD3 update + the BC term)."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
+        actor_losses, critic_losses = [], []
+        for _ in range(gradient_steps):
+            self._n_updates += 1
+            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
+            with torch.no_grad():
+                noise = data.actions.clone().data.normal_(0, self.target_policy_noise)
+                noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
+                next_actions = (self.actor_target(data.next_observations) + noise).clamp(-1, 1)
+                next_q = torch.cat(self.critic_target(data.next_observations, next_actions), dim=1)
+                next_q, _ = torch.min(next_q, dim=1, keepdim=True)
+                # SB3's dones are terminations: a timeout (TimeLimit.truncated) was stored as not done
+                target_q = data.rewards + (1 - data.dones) * self.gamma * next_q
+            critic_loss = sum(F.mse_loss(q, target_q) for q in self.critic(data.observations, data.actions))
+            critic_losses.append(critic_loss.item())
+            self.critic.optimizer.zero_grad()
+            critic_loss.backward()
+            self.critic.optimizer.step()
+
+            if self._n_updates % self.policy_delay == 0:
+                pi = self.actor(data.observations)
+                mask = self.replay_buffer.last_real_mask if self.bc_rows == "real" else None
+                actor_loss = td3bc_actor_loss(self.critic.q1_forward(data.observations, pi), pi, data.actions,
+                                              self.alpha, mask)
+                actor_losses.append(actor_loss.item())
+                self.actor.optimizer.zero_grad()
+                actor_loss.backward()
+                self.actor.optimizer.step()
+                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        if actor_losses:
+            self.logger.record("train/actor_loss", float(np.mean(actor_losses)))
+        self.logger.record("train/critic_loss", float(np.mean(critic_losses)))

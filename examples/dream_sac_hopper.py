@@ -19,7 +19,7 @@ return it collects in the dream (the exploitation gap).
     python examples/dream_sac_hopper.py --algo tqc ...                       # sb3-contrib TQC (or crossq)
     python examples/dream_sac_hopper.py --algo td3bc --real-data ... ...      # TD3+BC: clones the real rows only
     python examples/dream_sac_hopper.py --bundle PATH --timesteps 400 --learning-starts 100 \\
-        --eval-episodes 1 --num-envs 4                                       # smoke run
+        --eval-episodes 1 --final-episodes 1 --num-envs 4                    # smoke run
 
 Writes the trained policy (``--out``.zip) and a JSON summary (scores, evaluation history) next to it.
 """
@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-weight", type=float, default=None)
     p.add_argument("--eval-episodes", type=int, default=10, help="episodes in the real env (each evaluation)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate in the real env every N steps (0 = at the end)")
+    p.add_argument("--final-episodes", type=int, default=10,
+                   help="fresh episodes of the final real evaluation (seeds none of the evaluations along the way use)")
     p.add_argument("--raw", action="store_true", help="learn in the raw dream (no penalty, no halting)")
     p.add_argument("--uncertainty", default=None, help="action_gap (default) or disagreement")
     p.add_argument("--penalty-coef", type=float, default=None, help="lambda of r - lambda * u (default: calibrated)")
@@ -115,6 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     from dawm_env.tasks import get_task
 
+    out = Path(args.out)
+    if out.with_name(f"{out.name}.json").exists():  # a rerun never overwrites a finished run's results
+        raise SystemExit(f"{out}.json exists: give another --out (or delete it to rerun)")
     if args.algo == "td3bc" and not args.real_data:
         raise SystemExit("--algo td3bc clones real actions: give --real-data (e.g. dawm-d4rl/hopper/medium-v0)")
     torch.set_num_threads(args.threads)
@@ -189,12 +194,11 @@ def main(argv: list[str] | None = None) -> dict:
     model.learn(total_timesteps=args.timesteps, callback=RealEval())
     learn_s = time.perf_counter() - t0
     dream_returns = [ep["r"] for ep in model.ep_info_buffer] if model.ep_info_buffer else []
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
 
     t0 = time.perf_counter()
-    returns = evaluate_real(model, task.env_id, args.eval_episodes, seed=args.seed + 10_000)
+    returns = evaluate_real(model, task.env_id, args.final_episodes, seed=args.seed + 20_000)
     eval_s = time.perf_counter() - t0
     scores = task.normalized_score(np.asarray(returns))
     summary = {
@@ -208,7 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
         "dream_episode_return_mean_last100": float(np.mean(dream_returns)) if dream_returns else None,
         "dream_return_per_step_last100": (float(np.sum(dream_returns) / sum(ep["l"] for ep in model.ep_info_buffer))
                                           if dream_returns else None),
-        "real_returns": returns, "real_return_mean": float(np.mean(returns)),
+        "final_episodes": args.final_episodes, "real_returns": returns,
+        "real_return_mean": float(np.mean(returns)),
         "normalized_score_mean": float(scores.mean()), "normalized_score_std": float(scores.std()),
         "note": "real Hopper-v5 returns normalised with D4RL reference returns; not a D4RL number",
     }

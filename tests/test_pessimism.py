@@ -323,8 +323,10 @@ def test_dream_example_trains_td3bc_and_scores_in_mujoco(bundle, hopper_random, 
         example.main(["--algo", "td3bc", "--bundle", bundle])
     summary = example.main(["--algo", "td3bc", "--bundle", bundle, "--real-data", ds_id, "--timesteps", "40",
                             "--learning-starts", "10", "--num-envs", "2", "--horizon", "5", "--batch-size", "16",
-                            "--eval-episodes", "1", "--threads", "1", "--out", str(tmp_path / "policy")])
+                            "--eval-episodes", "1", "--final-episodes", "1", "--threads", "1",
+                            "--out", str(tmp_path / "policy")])
     assert summary["td3bc"]["bc_rows"] == "real" and np.isfinite(summary["normalized_score_mean"])
+    assert len(summary["real_returns"]) == summary["final_episodes"] == 1
     assert (tmp_path / "policy.zip").exists() and (tmp_path / "policy.json").exists()
 
 

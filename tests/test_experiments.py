@@ -106,6 +106,31 @@ def test_a_bundle_changed_in_place_gives_new_keys(overrides, tiny_bundle, tmp_pa
         assert changed == Workspace.needs_bundle(cell), method  # real-data cells keep their keys
 
 
+def test_keys_follow_the_bundle_content_not_its_folder(overrides, tiny_bundle, tmp_path):
+    """The same bundle in another folder (checkout, site-packages, cluster node) gives the same keys; a record
+    stored under a key of the older scheme (which hashed the folder too) is found and re-stored under the new key."""
+    import shutil
+
+    cfgs, workspaces = [], []
+    for name in ("a", "b"):
+        shutil.copytree(tiny_bundle, tmp_path / name)
+        cfgs.append(_cfg("table4", {**overrides, "bundles": {"hopper/random": str(tmp_path / name)}}, tmp_path / "exp"))
+        workspaces.append(Workspace(cfgs[-1]))
+    cell = next(c for c in EXPERIMENTS["table4"].cells(cfgs[0].preset, ("hopper",), ("random",)) if c.generated)
+    a, b = workspaces
+    assert a.cell_key(cell) == b.cell_key(cell) and a.generated_id(cell) == b.generated_id(cell)
+    assert a.cell_key(cell, legacy=True) != b.cell_key(cell, legacy=True) != a.cell_key(cell)
+    old = a.cell_key(cell, legacy=True)
+    rec = {"status": "done", "key": old, "steps": a.p.agent_steps, "final": {"mean": 1.0}}
+    a.record_path(old).parent.mkdir(parents=True, exist_ok=True)
+    a.record_path(old).write_text(json.dumps(rec))
+    assert b.finished_record(cell, b.cell_key(cell)) is None  # an old key made in another folder is not matched
+    found = a.finished_record(cell, a.cell_key(cell))
+    assert found["final"] == {"mean": 1.0} and found["key"] == a.cell_key(cell) and found["legacy_key"] == old
+    assert json.loads(a.record_path(a.cell_key(cell)).read_text()) == found  # stored under the new key
+    assert b.finished_record(cell, b.cell_key(cell)) == found  # and from there found from any folder
+
+
 def test_every_agent_experiment_at_smoke_preset(overrides, tmp_path, count_train_calls):
     root = tmp_path / "exp"
     total_cells = 0

@@ -26,11 +26,14 @@ What a cell needs is created when missing:
   trained into ``OUT/bundles/<task>-<level>`` with the preset's world-model / IDM budgets;
 - generated data ``dawm-exp/<task>/<level>-h<H>[-sub<n>][-<actions>][-g<g>]-<hash>-v0`` (:func:`generate_dataset`;
   ``sub<n>``: from 1/n of the seed pairs; ``g<g>``: a generation target of its own, dots as ``p``; the hash covers
-  the real data, the bundle (folder and content) and
-  every generation setting).
+  the real data, the bundle's content and every generation setting).
 
-Keys of cells that use a bundle cover the bundle's content (sha256 of its files): a bundle retrained or changed
-in place makes those cells unfinished again instead of reporting results made with the old one.
+Keys of cells that use a bundle cover the bundle's content (sha256 of its files), not its folder: a bundle
+retrained or changed in place makes those cells unfinished again instead of reporting results made with the old
+one, while the same bundle installed elsewhere (another checkout, a wheel's site-packages, another machine of a
+cluster) gives the same keys, so records made there are reused (``--import``). Records keyed before this rule
+(their keys also hashed the bundle's folder) are found under that older key when the bundle is in the same folder,
+and are then stored under the new key too.
 
 Parallel runs. Any number of processes may run the same experiment on one ``OUT`` at once (on one machine, or on
 several sharing a filesystem with working POSIX ``flock``: a Slurm array or Ray tasks each running the same
@@ -352,14 +355,16 @@ class Workspace:
             self._bundle_hashes[key] = bundle_hash(path)
         return self._bundle_hashes[key]
 
-    def bundle_identity(self, task: str, level: str) -> dict:
-        """``{"bundle": folder, "bundle_sha": hash of its files}`` (sha None while the bundle is not trained).
+    def bundle_identity(self, task: str, level: str, legacy: bool = False) -> dict:
+        """``{"bundle_sha": hash of its files}``; with the folder too while the bundle is not trained (sha None).
 
         Part of every key that depends on a bundle, so that retraining or changing a bundle in place gives new
-        generated-data ids and new cells instead of silently reusing results made with the old one."""
+        generated-data ids and new cells instead of silently reusing results made with the old one. The folder is
+        left out so that keys do not depend on where the bundle is installed; ``legacy`` gives the identity of
+        keys made before that (``{"bundle": folder, "bundle_sha": ...}``)."""
         path = self.bundle_dir(task, level)
         sha = self.bundle_hash(path) if (path / "bundle.json").is_file() else None
-        return {"bundle": str(path), "bundle_sha": sha}
+        return {"bundle": str(path), "bundle_sha": sha} if legacy or sha is None else {"bundle_sha": sha}
 
     # --- Decision Diffuser planners ----------------------------------------------------------------
     def planner_dir(self, task: str, level: str) -> Path:
@@ -436,20 +441,21 @@ class Workspace:
         return cell.kind == "consistency" or cell.generated or cell.algo.startswith("ssorl-")
 
     # --- generated data ---------------------------------------------------------------------------
-    def generation_settings(self, cell: Cell) -> dict:
-        """Every setting that decides a cell's generated data (its id hashes them)."""
+    def generation_settings(self, cell: Cell, legacy: bool = False) -> dict:
+        """Every setting that decides a cell's generated data (its id hashes them; ``legacy``: as before
+        bundle folders left the keys, see :meth:`bundle_identity`)."""
         p = self.p
-        return {**self.real_identity(cell.task, cell.level), **self.bundle_identity(cell.task, cell.level),
+        return {**self.real_identity(cell.task, cell.level), **self.bundle_identity(cell.task, cell.level, legacy),
                 "horizon": cell.horizon, "subsample": cell.subsample, "repeats": p.generation_repeats,
                 "rtg": self.generation_rtg(cell),
                 "batch_size": p.generation_batch_size, "chunk_size": p.generation_chunk_size, "seed": 0,
                 "action_source": cell.action_source, "device_type": self.cfg.device.split(":")[0],
                 **({"action_noise": cell.action_noise} if cell.action_noise else {})}  # old ids stay
 
-    def generated_id(self, cell: Cell) -> str:
+    def generated_id(self, cell: Cell, legacy: bool = False) -> str:
         """The Minari id of a generated cell's data (deterministic; see the module docstring)."""
         return (f"{EXP_NAMESPACE}/{get_task(cell.task).name}/{cell.level}-{_data_tag(cell)}-"
-                f"{_hash(self.generation_settings(cell), 8)}-v0")
+                f"{_hash(self.generation_settings(cell, legacy), 8)}-v0")
 
     def ensure_generated(self, cell: Cell, real: str, bundle: Path) -> str:
         """Generate a cell's data when missing (resuming an interrupted generation); returns its id.
@@ -491,16 +497,19 @@ class Workspace:
         return cell.rtg if cell.rtg is not None else self.p.rtg
 
     # --- cells ------------------------------------------------------------------------------------
-    def cell_key(self, cell: Cell) -> str:
-        """Folder-safe key of everything that decides a cell's result except the step budget."""
+    def cell_key(self, cell: Cell, legacy: bool = False) -> str:
+        """Folder-safe key of everything that decides a cell's result except the step budget (``legacy``: the
+        key as made before bundle folders left the keys, see :meth:`bundle_identity`)."""
         p = self.p
         if cell.kind == "consistency":
             data = self.real_identity(cell.task, cell.data_level)
-            ident = {"kind": "consistency", **self.bundle_identity(cell.task, cell.level), "data": data.pop("real"),
+            ident = {"kind": "consistency", **self.bundle_identity(cell.task, cell.level, legacy),
+                     "data": data.pop("real"),
                      **{f"data_{k}": v for k, v in data.items()}, "windows": p.consistency_windows}
             return f"consistency-{cell.task}-{cell.level}-on-{cell.data_level}-{_hash(ident)}"
         if cell.kind == "timing":
-            ident = {"kind": "timing", "of": self.cell_key(replace(cell, kind="agent")), "episodes": p.timing_episodes,
+            ident = {"kind": "timing", "of": self.cell_key(replace(cell, kind="agent"), legacy),
+                     "episodes": p.timing_episodes,
                      "device": self.cfg.device, "threads": p.threads}
             return f"timing-{cell.task}-{cell.level}-{_slug(cell.method)}-{_hash(ident)}"
         if cell.algo == PLANNER_ALGO:
@@ -510,10 +519,10 @@ class Workspace:
             return f"{cell.task}-{cell.level}-dd-{_hash(ident)}"
         ident = {"kind": "agent", "algo": cell.algo, "task": cell.task, "level": cell.level,
                  **self.real_identity(cell.task, cell.level),
-                 "generated": self.generated_id(cell) if cell.generated else None,
+                 "generated": self.generated_id(cell, legacy) if cell.generated else None,
                  "seeds": p.seeds, "batch_size": p.batch_size, "eval_episodes": p.eval_episodes}
         if cell.algo.startswith("ssorl-"):
-            ident.update(**self.bundle_identity(cell.task, cell.level), ssorl_fraction=p.ssorl_fraction)
+            ident.update(**self.bundle_identity(cell.task, cell.level, legacy), ssorl_fraction=p.ssorl_fraction)
         # only when set: cells without levers (and fp32 agents) keep the keys they always had
         ident.update({k: v for k, v in cell.levers.items() if k != "rtg"})  # rtg is in the generated id
         if self.agent_bf16:
@@ -534,7 +543,20 @@ class Workspace:
         return self.root / CELLS_DIR / f"{key}.json"
 
     def finished_record(self, cell: Cell, key: str) -> Optional[dict]:
-        """The stored record of a finished cell, or None (missing, or trained with a different step budget)."""
+        """The stored record of a finished cell, or None (missing, or trained with a different step budget).
+
+        A record stored under the cell's legacy key (:meth:`bundle_identity`) is found too, and stored under
+        ``key`` from then on."""
+        rec = self._read_record(cell, key)
+        if rec is None:
+            old = self.cell_key(cell, legacy=True)
+            rec = self._read_record(cell, old) if old != key else None
+            if rec is not None:
+                rec = {**rec, "key": key, "legacy_key": old}
+                atomic_write_json(self.record_path(key), rec)
+        return rec
+
+    def _read_record(self, cell: Cell, key: str) -> Optional[dict]:
         try:
             rec = json.loads(self.record_path(key).read_text())
         except (OSError, json.JSONDecodeError):

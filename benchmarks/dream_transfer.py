@@ -4,7 +4,8 @@ Each ``--group NAME=GLOB`` names the JSON summaries one configuration's seeds wr
 ``<out>.json``). Per group: the final real score (normalised, ``--eval-episodes`` fresh episodes per seed) as
 mean +- std over seeds with a 95% bootstrap CI, the mean of each seed's evaluations along the way, the dream
 return per step next to the real return per step at every evaluation (the exploitation gap: what the dream
-pays minus what reality pays), and each group's difference to the first group with a bootstrap CI.
+pays minus what reality pays), and each group's difference to the first group (or to ``--baseline``) with a
+bootstrap CI.
 
     python benchmarks/dream_transfer.py --group raw='runs/raw-s*/policy.json' \\
         --group pessimistic='runs/pess-s*/policy.json' --out benchmarks/results/dream_transfer.json
@@ -64,6 +65,7 @@ def main() -> None:
     """Aggregate, print and save."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--group", action="append", required=True, help="NAME=GLOB of the seeds' JSON summaries")
+    p.add_argument("--baseline", default=None, help="group the differences are taken to (default: the first)")
     add_out_argument(p, "dream_transfer")
     args = p.parse_args()
     groups = {}
@@ -74,17 +76,19 @@ def main() -> None:
             raise SystemExit(f"--group {name}: no file matches {pattern!r}")
         groups[name] = summarize(files)
     names = list(groups)
-    base = np.array(groups[names[0]]["final_scores"])
+    ref = args.baseline or names[0]
+    if ref not in groups:
+        raise SystemExit(f"--baseline {ref}: not a group name ({', '.join(names)})")
+    base = np.array(groups[ref]["final_scores"])
     for name in names:
         g = groups[name]
         line = (f"{name:>12}: final real score {g['final_mean']:.1f} +- {g['final_std']:.1f} "
                 f"(95% CI {g['final_ci95'][0]:.1f} .. {g['final_ci95'][1]:.1f}, seeds {g['seeds']}), dream return "
                 f"per step {g['dream_return_per_step_last100']:.2f}")
-        if name != names[0]:
+        if name != ref:
             lo, hi = diff_ci(base, np.array(g["final_scores"]))
-            g["diff_to_first"] = {"mean": g["final_mean"] - groups[names[0]]["final_mean"], "ci95": [lo, hi],
-                                  "vs": names[0]}
-            line += f"; vs {names[0]}: {g['diff_to_first']['mean']:+.1f} (CI {lo:+.1f} .. {hi:+.1f})"
+            g["diff_to_baseline"] = {"mean": g["final_mean"] - groups[ref]["final_mean"], "ci95": [lo, hi], "vs": ref}
+            line += f"; vs {ref}: {g['diff_to_baseline']['mean']:+.1f} (CI {lo:+.1f} .. {hi:+.1f})"
         print(line)
         for c in g["curve"]:
             print(f"    step {c['step']:>6}: real score {c['real_score_mean']:5.1f} (length "

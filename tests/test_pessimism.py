@@ -370,3 +370,31 @@ def test_env_with_fast_sampler_and_bf16(bundle):
     obs, r, *_ = env.step(np.zeros(3, np.float32))
     assert obs.shape == (11,) and np.isfinite(obs).all() and np.isfinite(r)
     assert json.loads(json.dumps(env.unwrapped.config.to_dict()))["sampling_timesteps"] == [0, k - 2]
+
+
+def test_dream_transfer_summary_differences_to_the_baseline(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))  # the script imports its sibling _common
+    spec = importlib.util.spec_from_file_location("dream_transfer_bench", bench / "dream_transfer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for group, scores in (("a", (10.0, 20.0)), ("b", (40.0, 50.0))):
+        for seed, score in enumerate(scores):
+            (tmp_path / f"{group}-s{seed}.json").write_text(json.dumps({
+                "seed": seed, "normalized_score_mean": score, "real_returns": [1.0] * 3, "real_return_mean": 1.0,
+                "dream_return_per_step_last100": 2.0,
+                "history": [{"step": 10, "real_score": score, "real_return_per_step": 1.0, "real_episode_length": 5,
+                             "dream_return_per_step": 2.0}]}))
+    out = tmp_path / "summary.json"
+    monkeypatch.setattr(sys, "argv", ["dream_transfer.py", "--group", f"a={tmp_path}/a-s*.json", "--group",
+                                      f"b={tmp_path}/b-s*.json", "--baseline", "b", "--out", str(out)])
+    mod.main()
+    groups = json.loads(out.read_text())["groups"]
+    assert groups["a"]["final_mean"] == 15.0 and groups["a"]["diff_to_baseline"]["mean"] == -30.0
+    assert groups["a"]["diff_to_baseline"]["vs"] == "b" and "diff_to_baseline" not in groups["b"]
+    lo, hi = groups["a"]["diff_to_baseline"]["ci95"]
+    assert -40.0 <= lo <= -30.0 <= hi <= -20.0

@@ -89,9 +89,9 @@ def make_model(dataset_id: str, seed: int = 0, device: str = "cpu", alpha: float
     env = gym.wrappers.TransformObservation(
         env, normalize, gym.spaces.Box(-np.inf, np.inf, box.shape, np.float32))
     model = SB3TD3BC("MlpPolicy", env, alpha=alpha, learning_rate=3e-4, buffer_size=len(data["obs"]),
-                  learning_starts=0, batch_size=256, tau=0.005, gamma=0.99, policy_delay=2,
-                  target_policy_noise=0.2, target_noise_clip=0.5, policy_kwargs={"net_arch": [256, 256]},
-                  seed=seed, device=device, verbose=0)
+                     learning_starts=0, batch_size=256, tau=0.005, gamma=0.99, policy_delay=2,
+                     target_policy_noise=0.2, target_noise_clip=0.5, policy_kwargs={"net_arch": [256, 256]},
+                     seed=seed, device=device, verbose=0)
     model.set_logger(configure(None, []))
     fill_replay_buffer(model.replay_buffer, data)
     return model, env, mean, std

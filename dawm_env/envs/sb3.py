@@ -51,6 +51,7 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 )
 
 from dawm_env.data.loading import load_dataset
+from dawm_env.data.normalization import safe_std
 from dawm_env.data.records import OfflineDataset
 from dawm_env.envs.dream import check_actions, check_states
 from dawm_env.envs.vector import DreamVectorEnv
@@ -206,6 +207,11 @@ def make_sb3_vec_env(env_id: str = "DAWM-Hopper-v0", num_envs: int = 16, max_epi
 
 
 
+def _as_dataset(real_data: "OfflineDataset | str") -> OfflineDataset:
+    """``real_data`` itself, or the Minari id / D4RL file it names, loaded."""
+    return real_data if isinstance(real_data, OfflineDataset) else load_dataset(real_data)
+
+
 class RealMixReplayBuffer(ReplayBuffer):
     """SB3 replay buffer whose every batch holds a fixed fraction of real offline transitions.
 
@@ -232,7 +238,7 @@ class RealMixReplayBuffer(ReplayBuffer):
                          handle_timeout_termination=handle_timeout_termination)
         if isinstance(real_fraction, bool) or not 0.0 <= float(real_fraction) <= 1.0:
             raise ValueError(f"real_fraction must lie in [0, 1], got {real_fraction!r}")
-        data = real_data if isinstance(real_data, OfflineDataset) else load_dataset(real_data)
+        data = _as_dataset(real_data)
         obs_shape, act_shape = tuple(observation_space.shape), tuple(action_space.shape)
         if data.observations.shape[1:] != obs_shape or data.actions.shape[1:] != act_shape:
             raise ValueError(f"real data {data.source!r} has observations {data.observations.shape[1:]} / actions "
@@ -272,21 +278,21 @@ class RealMixReplayBuffer(ReplayBuffer):
 
 def real_mix_kwargs(real_data: "OfflineDataset | str", real_fraction: float = 0.5, seed: int = 0) -> dict[str, Any]:
     """``replay_buffer_kwargs`` for :class:`RealMixReplayBuffer` (the data is loaded once, here)."""
-    data = real_data if isinstance(real_data, OfflineDataset) else load_dataset(real_data)
+    data = _as_dataset(real_data)
     return {"real_data": data, "real_fraction": real_fraction, "seed": seed}
 
 
 def frozen_obs_normalization(venv: VecEnv, real_data: "OfflineDataset | str") -> VecNormalize:
-    """Wrap ``venv`` so the agent sees ``(s - mean) / (std + 1e-3)`` with the data's statistics, never updated.
+    """Wrap ``venv`` so the agent sees ``(s - mean) / safe_std(std)`` with the data's statistics, never updated.
 
-    TD3+BC normalises states with the offline data's mean / std (CORL's 1e-3); a running normaliser would
+    TD3+BC normalises states with the offline data's mean / std (+1e-3, CORL's); a running normaliser would
     drift with the dream's own states. Rewards are left as they are; the replay buffer stores raw
     observations and normalises them (dream and real rows alike) at sampling, as SB3 does with ``VecNormalize``.
     """
-    data = real_data if isinstance(real_data, OfflineDataset) else load_dataset(real_data)
+    data = _as_dataset(real_data)
     out = VecNormalize(venv, training=False, norm_obs=True, norm_reward=False, clip_obs=np.inf, epsilon=0.0)
     out.obs_rms.mean = data.observations.mean(0).astype(np.float64)
-    out.obs_rms.var = (data.observations.std(0).astype(np.float64) + 1e-3) ** 2
+    out.obs_rms.var = safe_std(data.observations.std(0).astype(np.float64)) ** 2  # dawm's one convention
     return out
 
 
